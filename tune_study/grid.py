@@ -1,0 +1,324 @@
+"""The grid study on Ray Tune: ``python -m tune_study.grid [--space FILE] [--resume] ...``.
+
+batch size x model x scheduler (x seed) as ``tune.grid_search`` axes, ASHA early stopping on val
+acc (one rung per epoch), checkpoints every epoch (at most 2 kept per trial), retries from the last
+checkpoint, ``--resume`` through ``Tuner.restore``. Output: <results-dir>/<study name>/ with the Ray
+experiment (tune/), trials.csv/.parquet, history.csv/.parquet and the report.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from .errors import EXIT_BAD_INPUT, StudyError
+from .results import EXPERIMENT, console_table, export
+from .spaces import epochs_of, grid_size, load_space
+
+EXPOSED_WARNING = (
+    "WARNING: the Ray dashboard will listen on {host}, i.e. on every network interface. An exposed Ray "
+    "dashboard and jobs API let anyone who can reach it run code on this machine (ShadowRay, "
+    "CVE-2023-48022). Keep token auth on and firewall the port, or use 127.0.0.1 with an SSH tunnel.")
+
+
+def parser(prog: str = "python -m tune_study.grid", default_space: str = "search_spaces/default.yaml",
+           description: str = __doc__) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--space", default=default_space,
+                   help=f"study file (YAML) naming axes, fixed settings, early stopping and resources "
+                        f"(default: {default_space})")
+    p.add_argument("--results-dir", default="results",
+                   help="parent folder; the study writes into <results-dir>/<study name>/ (default: results)")
+    p.add_argument("--resume", action="store_true",
+                   help="finish an interrupted study (Tuner.restore): unfinished and errored trials go on "
+                        "from their last checkpoint, finished trials are not rerun")
+    p.add_argument("--address", default=None,
+                   help="join an existing Ray cluster (e.g. 'auto' or 'ray://host:10001') instead of starting "
+                        "a local one; its dashboard is used")
+    p.add_argument("--dashboard-host", default="127.0.0.1",
+                   help="interface the local Ray dashboard binds to (default 127.0.0.1; 0.0.0.0 exposes it "
+                        "to the network and prints a warning)")
+    p.add_argument("--dashboard-port", type=int, default=8265, help="local dashboard port (default 8265)")
+    p.add_argument("--num-cpus", type=int, default=None,
+                   help="CPUs the local Ray instance may use (default: all)")
+    p.add_argument("--keep-alive", action="store_true",
+                   help="after the study, keep the driver (and the dashboard) up until Ctrl-C")
+    p.add_argument("--no-report", action="store_true", help="skip building report.md and the figures")
+    return p
+
+
+# ----------------------------------------------------------------------------- folders
+
+def study_paths(results_dir: str, study: dict) -> tuple[Path, str]:
+    """(local study folder, Ray storage path: the study folder or the YAML's storage_path URI/dir)."""
+    study_dir = Path(results_dir).expanduser().resolve() / study["name"]
+    storage = study["storage_path"]
+    if storage is None:
+        storage = str(study_dir)
+    elif "://" not in storage:
+        storage = str(Path(storage).expanduser().resolve() / study["name"])
+    else:
+        storage = storage.rstrip("/") + "/" + study["name"]
+    return study_dir, storage
+
+
+def prepare_study_dir(study_dir: Path, space_path: str, resume: bool) -> None:
+    """Refuse to clobber a study or to resume a missing one; create the folder. No writes on error."""
+    results = study_dir.parent
+    if resume:
+        if not (study_dir / "space.yaml").exists():
+            raise StudyError(f"--resume: no study at {study_dir} (nothing to resume; run without --resume)")
+        return
+    if study_dir.exists() and any(study_dir.iterdir()):
+        raise StudyError(f"study folder {study_dir} already exists: add --resume to finish it, "
+                         f"or pick another --results-dir or study name (nothing was overwritten)")
+    if results.exists() and not results.is_dir():
+        raise StudyError(f"--results-dir: {results} is not a directory")
+    try:
+        study_dir.mkdir(parents=True, exist_ok=True)
+        probe = study_dir / ".write_probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise StudyError(f"--results-dir: cannot write to {results}: {e.strerror or e}") from e
+    shutil.copyfile(space_path, study_dir / "space.yaml")
+
+
+# ----------------------------------------------------------------------------- Ray
+
+def init_ray(address: str | None, dashboard_host: str, dashboard_port: int, num_cpus: int | None):
+    """Start or join Ray with the dashboard; a missing dashboard is a warning, not a crash."""
+    import ray
+
+    if ray.is_initialized():  # a caller (a notebook, a test) already runs Ray: use it, leave it up
+        return None
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        print("WARNING: RAY_AUTH_MODE=disabled: the dashboard and jobs API accept anyone who can reach them.")
+    if address:
+        return ray.init(address=address)
+    if dashboard_host not in ("127.0.0.1", "localhost", "::1"):
+        print(EXPOSED_WARNING.format(host=dashboard_host))
+    kw = {"num_cpus": num_cpus, "dashboard_host": dashboard_host, "dashboard_port": dashboard_port}
+    try:
+        return ray.init(include_dashboard=True, **kw)
+    except Exception as e:  # e.g. the 'default' extra (aiohttp_cors, opencensus) is not installed
+        print(f"WARNING: the Ray dashboard could not start ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+              "running without it. Install ray[default] for the dashboard.")
+        if ray.is_initialized():
+            ray.shutdown()
+        return ray.init(include_dashboard=False, num_cpus=num_cpus)
+
+
+def print_dashboard(ctx) -> None:
+    url = getattr(ctx, "dashboard_url", None)
+    if ctx is None:
+        print("Ray: using the Ray instance already running in this process")
+        return
+    if not url:
+        print("Ray dashboard: not running")
+        return
+    url = url if "://" in url else f"http://{url}"
+    token = Path.home() / ".ray" / "auth_token"
+    print(f"Ray dashboard: {url}")
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "disabled":
+        print(f"  log in with the token in {token} (print it with `ray get-auth-token`); "
+              "APIs answer 401 without it")
+
+
+def resources_for(study: dict, n_trials: int):
+    """Per-trial resources: CPU threads split across concurrent trials; GPU (fractions) on GPU clusters."""
+    import ray
+
+    res = study["resources"]
+    cluster = ray.cluster_resources()
+    cpus, gpus = int(cluster.get("CPU", 1)), cluster.get("GPU", 0)
+    conc = res["max_concurrent_trials"]
+    if gpus:
+        gpt = 1 if res["gpus_per_trial"] == "auto" else res["gpus_per_trial"]
+        if conc == "auto":
+            conc = None  # Ray packs by the GPU fractions below
+        cpt = res["cpus_per_trial"]
+        if cpt == "auto":
+            cpt = max(1, cpus // max(1, int(gpus / (gpt or 1)))) if gpt else 1
+    else:
+        gpt = 0
+        if conc == "auto":
+            conc = max(1, min(n_trials, cpus))  # one trial per core beats 2 threads per trial here
+        cpt = res["cpus_per_trial"]
+        if cpt == "auto":
+            cpt = max(1, cpus // conc)
+    fractions = res.get("gpu_fraction")
+
+    def per_trial(config):
+        g = gpt
+        if gpus and fractions:
+            g = fractions.get("default", gpt)
+            for limit in sorted(k for k in fractions if k != "default"):
+                if config["batch_size"] <= limit:
+                    g = fractions[limit]
+                    break
+        return {"cpu": cpt, "gpu": g}
+
+    return per_trial, conc, int(max(1, cpt))
+
+
+def tokenize_for_study(study: dict, param_configs: list[dict]) -> dict:
+    """Tokenize once per (tokenizer, max_len) on the driver; trials get it via the object store."""
+    from .data import load_tokenized
+    from .models import tokenizer_id
+
+    out = {}
+    data = study["fixed"].get("data", {})
+    for cfg in param_configs:
+        key = f"{tokenizer_id(cfg['model'])}|{cfg['max_len']}"
+        if key not in out:
+            t0 = time.time()
+            out[key] = load_tokenized(data, cfg["model"], cfg["max_len"])
+            meta = out[key]["meta"]
+            print(f"data: {meta['source']} {meta['n_train']}/{meta['n_val']}/{meta['n_test']} "
+                  f"train/val/test, tokenizer {meta['tokenizer']}, max_len {meta['max_len']} "
+                  f"({time.time() - t0:.1f} s)")
+    return out
+
+
+def representative_configs(study: dict) -> list[dict]:
+    """(model, max_len) pairs any trial can have, for tokenizing up front."""
+    from .training import TRAIN_DEFAULTS
+
+    def values(key):
+        v = study["axes"].get(key)
+        if v is None:
+            return [study["fixed"].get(key, TRAIN_DEFAULTS[key])]
+        if isinstance(v, dict):
+            return next(iter(v.values())) if "choice" in v else None
+        return v
+
+    models, lens = values("model"), values("max_len")
+    if models is None or lens is None:
+        raise StudyError(f"{study['path']}: key 'axes.model': model and max_len must be lists or choices")
+    return [{"model": m, "max_len": L} for m in models for L in lens]
+
+
+def run_study(study: dict, args, *, param_space: dict, search_alg=None, num_samples: int = 1,
+              kind: str = "grid") -> int:
+    """Shared by the grid and the Optuna search: Ray up, Tuner.fit/restore, exports, report."""
+    from ray import tune
+    from ray.tune import CheckpointConfig, FailureConfig, RunConfig
+    from ray.tune.schedulers import ASHAScheduler
+
+    from .training import trainable
+
+    study_dir, storage = study_paths(args.results_dir, study)
+    # Tune's classic CLIReporter (our columns: model, batch, scheduler, epoch, val acc); the newer
+    # console output ignores a passed reporter and prints every result in full.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    import ray
+
+    owned = not ray.is_initialized()
+    ctx = init_ray(args.address, args.dashboard_host, args.dashboard_port, args.num_cpus)
+    try:
+        print_dashboard(ctx)
+        n_trials = grid_size(study) * num_samples if kind == "grid" else num_samples
+        per_trial, conc, threads = resources_for(study, n_trials)
+        datasets = tokenize_for_study(study, representative_configs(study))
+        trainable_ = tune.with_resources(tune.with_parameters(trainable, datasets=datasets), per_trial)
+
+        exp_path = f"{storage}/{EXPERIMENT}"
+        if args.resume and tune.Tuner.can_restore(exp_path):
+            print(f"resuming {exp_path}")
+            tuner = tune.Tuner.restore(exp_path, trainable_, resume_unfinished=True, resume_errored=True)
+        else:
+            if args.resume:
+                print(f"no Ray experiment at {exp_path} yet: starting the study fresh")
+            epochs = epochs_of(study)
+            es = study["early_stopping"]
+            scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=epochs,
+                                       grace_period=min(es["grace_period"], epochs),
+                                       reduction_factor=es["reduction_factor"]) if es else None)
+            space = {**param_space}
+            if "threads" not in space and not study["fixed"].get("threads"):
+                space["threads"] = threads
+            reporter = tune.CLIReporter(
+                parameter_columns={k: k for k in ("model", "batch_size", "scheduler", "seed", "lr") if k in study["axes"]},
+                metric_columns={"epoch": "epoch", "val_acc": "val_acc", "val_loss": "val_loss",
+                                "test_acc": "test_acc", "samples_per_s": "samples/s"},
+                max_report_frequency=30, sort_by_metric=False)
+            tuner = tune.Tuner(
+                trainable_, param_space=space,
+                tune_config=tune.TuneConfig(metric="val_acc", mode="max", scheduler=scheduler,
+                                            search_alg=search_alg, num_samples=num_samples,
+                                            max_concurrent_trials=conc,
+                                            trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+                run_config=RunConfig(
+                    name=EXPERIMENT, storage_path=storage, progress_reporter=reporter, verbose=1,
+                    checkpoint_config=CheckpointConfig(num_to_keep=study["checkpoints_to_keep"]),
+                    failure_config=FailureConfig(max_failures=study["max_failures"])))
+        t0 = time.time()
+        result_grid = tuner.fit()
+        wall = time.time() - t0
+        trials, _ = export(result_grid, study, study_dir)
+        print(f"\n{kind} '{study['name']}': {len(trials)} trials in {wall:.0f} s; exports in {study_dir}")
+        print(console_table(trials, list(study["axes"])))
+        if not getattr(args, "no_report", False):
+            try:
+                from .report import build_report
+
+                build_report(study_dir)
+                print(f"report: {study_dir / 'report.md'}")
+            except ImportError:
+                pass
+        n_err = int((trials["status"] == "ERROR").sum()) if len(trials) else 0
+        if args.keep_alive:
+            print_dashboard(ctx)
+            print("keeping the driver alive for the dashboard; Ctrl-C to stop")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+        return 1 if n_err else 0
+    finally:
+        if owned:
+            ray.shutdown()
+
+
+def _trial_name(trial) -> str:
+    c = trial.config
+    parts = [str(c.get("model", "m")).replace("/", "_"), f"b{c.get('batch_size')}", str(c.get("scheduler", ""))]
+    if "seed" in c:
+        parts.append(f"s{c['seed']}")
+    return "_".join(parts) + f"_{trial.trial_id}"
+
+
+def grid_param_space(study: dict) -> dict:
+    from ray import tune
+
+    return {**study["fixed"], **{k: tune.grid_search(v) for k, v in study["axes"].items()}}
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        study = load_space(args.space, kind="grid")
+        study_dir, _ = study_paths(args.results_dir, study)
+        prepare_study_dir(study_dir, args.space, args.resume)
+        if args.resume:  # the study's own copy decides what is being finished
+            study = load_space(study_dir / "space.yaml", kind="grid")
+    except StudyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        return run_study(study, args, param_space=grid_param_space(study), kind="grid")
+    except StudyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

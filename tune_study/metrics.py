@@ -1,0 +1,160 @@
+"""Small statistics shared by the training loop and the report: calibration (ECE), intervals."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def calibration(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict:
+    """Expected calibration error over ``n_bins`` equal-width confidence bins, plus the bins.
+
+    ECE = sum_b |B_b|/N * |acc(B_b) - conf(B_b)|, with confidence = the top-class probability
+    (Guo et al. 2017). A bin holds confidences in (lo, hi]; the first bin also takes exactly 0.
+    Returns ece, mean_confidence, accuracy and ``bins``: [(lo, hi, count, mean conf, acc), ...].
+    """
+    probs = probs.double()
+    conf, pred = probs.max(dim=1)
+    correct = (pred == labels).double()
+    n = len(labels)
+    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
+    ece, bins = 0.0, []
+    for i in range(n_bins):
+        lo, hi = float(edges[i]), float(edges[i + 1])
+        mask = (conf > lo) & (conf <= hi) if i else (conf >= lo) & (conf <= hi)
+        k = int(mask.sum())
+        if k:
+            c, a = float(conf[mask].mean()), float(correct[mask].mean())
+            ece += k / n * abs(a - c)
+            bins.append((lo, hi, k, c, a))
+    return {"ece": ece, "mean_confidence": float(conf.mean()), "accuracy": float(correct.mean()),
+            "bins": bins}
+
+
+def t_interval(values, confidence: float = 0.95) -> tuple[float, float, int]:
+    """Mean and half-width of a two-sided t confidence interval; half-width is nan for n < 2."""
+    from scipy import stats  # scipy comes with the stack (optuna / pandas users have it)
+
+    xs = [float(v) for v in values if v == v]
+    n = len(xs)
+    if n == 0:
+        return math.nan, math.nan, 0
+    mean = sum(xs) / n
+    if n < 2:
+        return mean, math.nan, n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    return mean, float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n), n
+
+
+# ----------------------------------------------------------------------------- report helpers
+
+def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (e.g. an accuracy over ``n`` examples).
+
+    ``successes`` may be a count or acc * n (rounded). (nan, nan) for n < 1.
+    """
+    from scipy import stats
+
+    if not n or n < 1 or successes != successes:
+        return math.nan, math.nan
+    k = min(max(round(float(successes)), 0), int(n))
+    z = float(stats.norm.ppf(0.5 + confidence / 2))
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def welch_t_test(a, b) -> float:
+    """Two-sided p-value of Welch's unequal-variance t-test; nan when either side has < 2 values
+    or both are constant and equal."""
+    from scipy import stats
+
+    xs = [float(v) for v in a if v == v]
+    ys = [float(v) for v in b if v == v]
+    if len(xs) < 2 or len(ys) < 2:
+        return math.nan
+    if max(xs) == min(xs) and max(ys) == min(ys):
+        return 1.0 if xs[0] == ys[0] else 0.0
+    return float(stats.ttest_ind(xs, ys, equal_var=False).pvalue)
+
+
+def detect_collapse(history, majority_rate: float = 0.5, margin: float = 0.02,
+                    acc_key: str = "val_acc", loss_keys=("train_loss", "val_loss")):
+    """Did a trial collapse to guessing? -> (collapsed, epoch or None).
+
+    ``history`` is one trial's per-epoch rows (a DataFrame or a list of dicts with ``epoch``,
+    ``val_acc`` and the losses). A trial collapsed at epoch ``e`` when
+      - a loss is non-finite (nan / inf) at epoch ``e`` (the first such epoch), or
+      - its val accuracy stays within ``margin`` of ``majority_rate`` (what predicting one class
+        scores) from epoch ``e`` through its last epoch; ``e`` is the first epoch of that final run.
+    A trial that sat in that band from epoch 1 on (it never learned) counts as collapsed at
+    epoch 1; ``collapse_kind`` tells the two cases apart.
+    """
+    return collapse_info(history, majority_rate, margin, acc_key, loss_keys)[:2]
+
+
+def collapse_info(history, majority_rate: float = 0.5, margin: float = 0.02,
+                  acc_key: str = "val_acc", loss_keys=("train_loss", "val_loss")):
+    """``detect_collapse`` plus the kind: (collapsed, epoch, kind) with kind one of
+    'non_finite' (a loss became nan/inf), 'never_learned' (in the chance band from epoch 1 through
+    the last epoch), 'collapsed' (left the band, then fell back into it for good) or ''."""
+    rows = history.to_dict("records") if hasattr(history, "to_dict") else list(history)
+    rows = [r for r in rows if r.get("epoch") is not None and r.get("epoch") == r.get("epoch")]
+    rows.sort(key=lambda r: r["epoch"])
+    if not rows:
+        return False, None, ""
+
+    def finite(v):
+        try:
+            return v is None or math.isfinite(float(v))
+        except (TypeError, ValueError):
+            return True
+
+    for r in rows:
+        if not all(finite(r.get(k)) for k in loss_keys if k in r):
+            return True, int(r["epoch"]), "non_finite"
+    start = None
+    for r in reversed(rows):
+        acc = r.get(acc_key)
+        if acc is None or acc != acc or abs(float(acc) - majority_rate) > margin:
+            break
+        start = r
+    if start is None:
+        return False, None, ""
+    epoch = int(start["epoch"])
+    kind = "never_learned" if start is rows[0] else "collapsed"
+    return True, epoch, kind
+
+
+def interp_at(xs, ys, x: float, log: bool = False) -> float:
+    """``ys`` interpolated at ``x`` on the curve through (xs, ys) (linear, or linear in log x);
+    nan outside [min xs, max xs]: no extrapolation."""
+    pts = sorted((float(a), float(b)) for a, b in zip(xs, ys) if a == a and b == b)
+    if not pts or x < pts[0][0] or x > pts[-1][0]:
+        return math.nan
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= x <= x1:
+            if x1 == x0:
+                return y1
+            if log and x0 > 0:
+                t = (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))
+            else:
+                t = (x - x0) / (x1 - x0)
+            return y0 + t * (y1 - y0)
+    return pts[-1][1]
+
+
+def diff_interval(k1: float, n1: int, k2: float, n2: int, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Difference p1 - p2 of two proportions with Newcombe's hybrid score interval (built from the
+    two Wilson intervals; Newcombe 1998, method 10) -> (difference, lo, hi). The difference is
+    beyond sampling noise when the interval excludes 0. For two models scored on the same examples
+    it is conservative (it ignores their positive correlation)."""
+    if not n1 or not n2 or k1 != k1 or k2 != k2:
+        return math.nan, math.nan, math.nan
+    p1, p2 = round(float(k1)) / n1, round(float(k2)) / n2
+    l1, u1 = wilson_interval(k1, n1, confidence)
+    l2, u2 = wilson_interval(k2, n2, confidence)
+    d = p1 - p2
+    return d, d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)

@@ -1,0 +1,103 @@
+"""Results: Ray Tune's ResultGrid -> the study's dataframes (trials, history) as CSV and Parquet.
+
+  trials   one row per trial: config axes, status, stopped early?, epochs run, optimizer steps,
+           samples seen, best-val epoch / acc / loss, test acc / loss / calibration of the best-val
+           weights, samples/s, wall time, best model path, micro-batch, accumulation, device
+  history  one row per trial x epoch with everything the trial reported
+Built from ``ResultGrid`` (``metrics_dataframe`` per trial), never from hand-parsed files.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+EXPERIMENT = "tune"   # the Ray experiment's folder name under the storage path
+AXIS_ORDER = ["model", "batch_size", "scheduler", "seed"]
+HISTORY_KEEP = ["epoch", "train_loss", "val_loss", "val_acc", "lr", "optimizer_steps", "samples_seen",
+                "samples_per_s", "epoch_train_s", "best_epoch", "best_val_acc", "test_acc", "test_loss",
+                "test_ece", "test_confidence", "micro_batch_size", "accumulation_steps", "peak_mem_gib",
+                "time_total_s"]
+
+
+def load_result_grid(experiment_path: str):
+    """The ResultGrid of a finished or interrupted experiment, read from its files (no cluster)."""
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    return ResultGrid(ExperimentAnalysis(str(experiment_path)))
+
+
+def _trial_status(result_grid) -> dict:
+    analysis = getattr(result_grid, "_experiment_analysis", None)
+    return {t.trial_id: t.status for t in getattr(analysis, "trials", [])}
+
+
+def build_frames(result_grid, study: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    epochs_planned = study["fixed"].get("epochs", 5)
+    axes = list(study["axes"])
+    statuses = _trial_status(result_grid)
+    rows, hist = [], []
+    for result in result_grid:
+        cfg = result.config or {}
+        m = result.metrics or {}
+        trial_id = m.get("trial_id") or Path(result.path).name
+        axis_values = {k: cfg.get(k) for k in axes}
+        df = result.metrics_dataframe
+        if df is not None and len(df):
+            df = df[[c for c in df.columns if c in HISTORY_KEEP or c == "test_reliability"]].copy()
+            for k, v in axis_values.items():
+                df.insert(0, k, v)
+            df.insert(0, "trial_id", trial_id)
+            hist.append(df)
+        status = statuses.get(trial_id, "ERROR" if result.error else "TERMINATED")
+        if result.error:
+            status = "ERROR"
+        epochs_run = int(m.get("epoch", 0) or 0)
+        planned = cfg.get("epochs", epochs_planned)
+        rows.append({
+            "trial_id": trial_id, **axis_values,
+            "status": status,
+            "stopped_early": bool(status == "TERMINATED" and epochs_run < planned),
+            "epochs_run": epochs_run, "epochs_planned": planned,
+            "optimizer_steps": m.get("optimizer_steps"), "samples_seen": m.get("samples_seen"),
+            "best_epoch": m.get("best_epoch"), "best_val_acc": m.get("best_val_acc"),
+            "best_val_loss": m.get("best_val_loss"), "test_acc": m.get("test_acc"),
+            "test_loss": m.get("test_loss"), "test_nll": m.get("test_nll"), "test_ece": m.get("test_ece"),
+            "test_confidence": m.get("test_confidence"), "test_reliability": m.get("test_reliability"),
+            "samples_per_s": (m["samples_seen"] / m["train_time_s"]) if m.get("train_time_s") else None,
+            "wall_time_s": m.get("time_total_s"), "best_model_path": m.get("best_model_path"),
+            "micro_batch_size": m.get("micro_batch_size"), "accumulation_steps": m.get("accumulation_steps"),
+            "peak_mem_gib": m.get("peak_mem_gib"), "oom_halvings": m.get("oom_halvings"),
+            "device": m.get("device"), "precision": m.get("precision"),
+            **{k: cfg.get(k) for k in ("lr", "warmup_ratio", "weight_decay", "max_len") if k not in axes},
+            "error": (str(result.error).splitlines()[0][:300] if result.error else ""),
+            "trial_path": result.path,
+        })
+    trials = pd.DataFrame(rows)
+    history = pd.concat(hist, ignore_index=True) if hist else pd.DataFrame(columns=["trial_id", *axes, "epoch"])
+    sort = [k for k in AXIS_ORDER if k in trials.columns] + [k for k in axes if k not in AXIS_ORDER]
+    if len(trials):
+        trials = trials.sort_values(sort, kind="stable").reset_index(drop=True)
+    return trials, history
+
+
+def export(result_grid, study: dict, out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write trials/history as CSV and Parquet into ``out_dir``; return both frames."""
+    out = Path(out_dir)
+    trials, history = build_frames(result_grid, study)
+    for name, df in (("trials", trials), ("history", history)):
+        df.to_csv(out / f"{name}.csv", index=False)
+        df.to_parquet(out / f"{name}.parquet", index=False)
+    return trials, history
+
+
+def console_table(trials: pd.DataFrame, axes: list[str]) -> str:
+    """The final table, sorted by test accuracy."""
+    if trials.empty:
+        return "(no trials)"
+    cols = [c for c in [*axes, "status", "stopped_early", "epochs_run", "optimizer_steps", "best_epoch",
+                        "best_val_acc", "test_acc", "test_loss", "test_ece", "samples_per_s", "wall_time_s"]
+            if c in trials.columns]
+    t = trials.sort_values("test_acc", ascending=False, na_position="last")[cols]
+    return t.to_string(index=False, float_format=lambda x: "nan" if math.isnan(x) else f"{x:.4g}")

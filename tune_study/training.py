@@ -1,0 +1,426 @@
+"""The training loop: exact accumulated-gradient fine-tuning, one ``config`` dict in, one report per epoch.
+
+Effective batch ``batch_size`` (B) is reached by accumulating micro-batches of ``micro_batch_size``
+(m): accumulation = ceil(B / m). Every optimizer step consumes exactly B examples except the last
+one of an epoch, which takes the remainder, so an epoch is ceil(N / B) steps. Each window's loss is
+the mean over *its* examples, so its gradient equals that of one big batch of the same examples.
+
+``train(config, report=...)`` runs anywhere (tests, benchmarks, the CLI); ``trainable`` wraps it for
+Ray Tune (``tune.report`` once per epoch, with a checkpoint of the full state).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .errors import StudyError
+from .metrics import calibration
+
+TRAIN_DEFAULTS = {
+    "model": "minilm",
+    "batch_size": 16,          # the effective batch: examples per optimizer step
+    "micro_batch_size": 16,    # examples per forward/backward; int or "auto"
+    "lr": 5e-5,
+    "epochs": 5,
+    "scheduler": "constant",   # constant | linear | cosine (transformers.get_scheduler)
+    "warmup_ratio": 0.0,       # share of all optimizer steps spent warming up
+    "weight_decay": 0.0,
+    "max_len": 128,
+    "seed": 0,
+    "precision": "auto",       # fp32 | bf16 (autocast, fp32 master weights) | auto: bf16 on CUDA
+    "max_grad_norm": None,     # the seed does not clip
+    "eval_batch_size": 64,
+    "threads": None,           # torch CPU threads for this trial; None leaves torch's default
+    "device": "auto",          # auto | cpu | cuda
+    "compile": False,          # torch.compile the model (CUDA; never CUDA-graph mode)
+    "data": {},
+}
+SCHEDULERS = ("constant", "linear", "cosine")
+CHECKPOINT_FILE = "state.pt"
+
+
+# ----------------------------------------------------------------------------- config
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def resolve_config(config: dict) -> dict:
+    """Defaults filled in and every value checked; raises StudyError naming the key."""
+    from .data import data_config
+
+    unknown = sorted(set(config) - set(TRAIN_DEFAULTS))
+    if unknown:
+        raise StudyError(f"unknown key '{unknown[0]}' (known: {', '.join(TRAIN_DEFAULTS)})", key=unknown[0])
+    c = {**TRAIN_DEFAULTS, **config}
+    checks = [
+        ("batch_size", _is_int(c["batch_size"]) and c["batch_size"] > 0, "an integer > 0"),
+        ("micro_batch_size", c["micro_batch_size"] == "auto"
+         or (_is_int(c["micro_batch_size"]) and c["micro_batch_size"] > 0), "an integer > 0 or 'auto'"),
+        ("lr", _is_num(c["lr"]) and c["lr"] > 0, "a number > 0"),
+        ("epochs", _is_int(c["epochs"]) and c["epochs"] >= 1, "an integer >= 1"),
+        ("scheduler", c["scheduler"] in SCHEDULERS, f"one of {', '.join(SCHEDULERS)}"),
+        ("warmup_ratio", _is_num(c["warmup_ratio"]) and 0 <= c["warmup_ratio"] < 1, "a number in [0, 1)"),
+        ("weight_decay", _is_num(c["weight_decay"]) and c["weight_decay"] >= 0, "a number >= 0"),
+        ("max_len", _is_int(c["max_len"]) and 8 <= c["max_len"] <= 512, "an integer in [8, 512]"),
+        ("seed", _is_int(c["seed"]), "an integer"),
+        ("precision", c["precision"] in ("auto", "fp32", "bf16"), "one of auto, fp32, bf16"),
+        ("max_grad_norm", c["max_grad_norm"] is None or (_is_num(c["max_grad_norm"]) and c["max_grad_norm"] > 0),
+         "a number > 0 or null"),
+        ("eval_batch_size", _is_int(c["eval_batch_size"]) and c["eval_batch_size"] > 0, "an integer > 0"),
+        ("threads", c["threads"] is None or (_is_int(c["threads"]) and c["threads"] > 0), "an integer > 0 or null"),
+        ("device", c["device"] in ("auto", "cpu", "cuda"), "one of auto, cpu, cuda"),
+        ("compile", isinstance(c["compile"], bool), "true or false"),
+        ("data", isinstance(c["data"], dict), "a mapping"),
+    ]
+    for key, ok, expected in checks:
+        if not ok:
+            raise StudyError(f"{key}: expected {expected}, got {c[key]!r}")
+    if _is_int(c["micro_batch_size"]) and c["micro_batch_size"] > c["batch_size"]:
+        raise StudyError(f"micro_batch_size: {c['micro_batch_size']} is larger than the effective "
+                         f"batch_size {c['batch_size']}")
+    from .models import resolve
+
+    resolve(c["model"])  # unknown model -> error listing the known ones
+    c["data"] = data_config(c["data"])
+    return c
+
+
+# ----------------------------------------------------------------------------- the update
+
+def accumulate_gradients(model, micro_batches: list[dict], autocast=None) -> torch.Tensor:
+    """Backpropagate one effective batch given as micro-batches (sizes may differ).
+
+    Leaves in ``.grad`` the gradient of the mean cross-entropy over *all* examples of all
+    micro-batches, exactly as one forward/backward of the concatenated batch would (up to float
+    rounding), and returns that mean loss as a 0-d tensor (no host sync). Each micro-batch is a dict
+    with ``input_ids``, ``attention_mask`` and ``labels`` on the model's device. Gradients add up
+    onto whatever ``.grad`` holds already; zero them before calling.
+    """
+    n_total = sum(len(mb["labels"]) for mb in micro_batches)
+    total = None
+    for mb in micro_batches:
+        with autocast or contextlib.nullcontext():
+            logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits
+        # Sum over this micro-batch, divided by the *window's* size: the micro-batches' gradients
+        # then add up to the gradient of the window's mean, however unequal their sizes.
+        loss_sum = F.cross_entropy(logits.float(), mb["labels"], reduction="sum")
+        (loss_sum / n_total).backward()
+        total = loss_sum.detach() if total is None else total + loss_sum.detach()
+    return total / n_total
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision != "bf16":
+        return None
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _batch(split: dict, idx: torch.Tensor) -> dict:
+    return {"input_ids": split["input_ids"][idx].long(),
+            "attention_mask": split["attention_mask"][idx].long(),
+            "labels": split["labels"][idx]}
+
+
+@torch.no_grad()
+def evaluate(model, split: dict, batch_size: int = 64, autocast=None) -> dict:
+    """Mean loss, accuracy and class probabilities of ``model`` on a tokenized split (one sync)."""
+    model.eval()
+    n = len(split["labels"])
+    loss_sum = torch.zeros((), device=split["labels"].device)
+    probs = []
+    for i in range(0, n, batch_size):
+        b = _batch(split, torch.arange(i, min(i + batch_size, n), device=split["labels"].device))
+        with autocast or contextlib.nullcontext():
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float()
+        loss_sum += F.cross_entropy(logits, b["labels"], reduction="sum")
+        probs.append(logits.softmax(-1))
+    model.train()
+    probs = torch.cat(probs).cpu()
+    labels = split["labels"].cpu()
+    return {"loss": float(loss_sum) / n, "acc": float((probs.argmax(1) == labels).double().mean()),
+            "probs": probs, "labels": labels}
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def save_state(path: str | Path, state: dict) -> None:
+    """Write the full training state; loaded back with ``torch.load(weights_only=True)``."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = path / (CHECKPOINT_FILE + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path / CHECKPOINT_FILE)
+
+
+def load_state(path: str | Path) -> dict:
+    f = Path(path) / CHECKPOINT_FILE
+    if not f.exists():
+        raise StudyError(f"checkpoint {path}: no {CHECKPOINT_FILE} in it (partial checkpoint)")
+    try:
+        # weights_only: a checkpoint is data; never run an unpickler that can execute code.
+        state = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise StudyError(f"checkpoint {f} is corrupt or unreadable: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}") from e
+    missing = {"model", "optimizer", "scheduler", "rng", "epoch", "best", "progress"} - set(state)
+    if missing:
+        raise StudyError(f"checkpoint {f} is incomplete: missing {sorted(missing)}")
+    return state
+
+
+def _rng_state() -> dict:
+    s = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def _set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    random.setstate(s["python"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise StudyError("device: 'cuda' asked for, but no CUDA device is visible")
+    return torch.device(name)
+
+
+def train(config: dict, report: Callable[[dict, str | None], object] | None = None,
+          data: dict | None = None, resume_from: str | Path | None = None,
+          output_dir: str | Path | None = None) -> list[dict]:
+    """Fine-tune one config; returns the per-epoch metrics (also passed to ``report``).
+
+    ``report(metrics, checkpoint_dir)`` is called once per epoch, with a directory holding the full
+    state of that epoch (valid only during the call). A truthy return value stops training.
+    ``data`` is ``load_tokenized``'s result (loaded, and cached, when None). ``resume_from`` is a
+    checkpoint directory. ``output_dir`` receives ``best_model/`` (``save_pretrained``).
+    """
+    from transformers import get_scheduler, set_seed
+
+    from .data import load_tokenized
+    from .models import load_model, load_tokenizer
+
+    c = resolve_config(config)
+    if c["threads"]:
+        torch.set_num_threads(c["threads"])
+    device = pick_device(c["device"])
+    precision = c["precision"]
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    autocast = _autocast(device, precision)
+
+    data = data if data is not None else load_tokenized(c["data"], c["model"], c["max_len"])
+    train_split, val_split, test_split = ({k: v.to(device) for k, v in data[s].items()}
+                                          for s in ("train", "val", "test"))
+    n_train = len(train_split["labels"])
+    B = c["batch_size"]
+    m = auto_micro_batch(c, device, precision) if c["micro_batch_size"] == "auto" else c["micro_batch_size"]
+    steps_per_epoch = math.ceil(n_train / B)
+    total_steps = steps_per_epoch * c["epochs"]
+
+    set_seed(c["seed"])  # classifier-head init and dropout
+    model = load_model(c["model"]).to(device)
+    model.train()
+    step_model = torch.compile(model) if c["compile"] else model  # default mode: no CUDA graphs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=c["lr"], weight_decay=c["weight_decay"],
+                                  fused=device.type == "cuda")
+    sched_name = "constant_with_warmup" if c["scheduler"] == "constant" and c["warmup_ratio"] else c["scheduler"]
+    scheduler = get_scheduler(sched_name, optimizer, num_warmup_steps=round(c["warmup_ratio"] * total_steps),
+                              num_training_steps=total_steps)
+
+    best = {"epoch": 0, "val_acc": -1.0, "val_loss": math.inf, "test_acc": math.nan, "test_loss": math.nan,
+            "test_ece": math.nan, "test_confidence": math.nan, "test_reliability": "[]"}
+    progress = {"steps": 0, "samples": 0, "train_time_s": 0.0, "oom_halvings": 0}
+    start_epoch, history = 0, []
+    resumed_from = 0
+    if resume_from is not None:
+        state = load_state(resume_from)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        start_epoch, best, progress = state["epoch"], state["best"], state["progress"]
+        history = list(state.get("history", []))
+        m = state.get("micro_batch_size", m)
+        resumed_from = start_epoch
+
+    best_dir = Path(output_dir) / "best_model" if output_dir else None
+    for epoch in range(start_epoch, c["epochs"]):
+        # The example order depends on (seed, epoch) alone, so a resumed run sees the same order.
+        order = torch.randperm(n_train, generator=torch.Generator().manual_seed(c["seed"] * 100_003 + epoch))
+        order = order.to(device)
+        loss_sum = torch.zeros((), device=device)
+        t0 = time.perf_counter()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        for step in range(steps_per_epoch):
+            window = order[step * B:(step + 1) * B]          # the last window takes the remainder
+            while True:
+                micro = [_batch(train_split, window[i:i + m]) for i in range(0, len(window), m)]
+                try:
+                    loss = accumulate_gradients(step_model, micro, autocast)
+                    break
+                except torch.cuda.OutOfMemoryError:
+                    if m == 1:
+                        raise
+                    # Same window, same order, same effective batch: only the micro-batch shrinks.
+                    optimizer.zero_grad(set_to_none=True)
+                    torch.cuda.empty_cache()
+                    m //= 2
+                    progress["oom_halvings"] += 1
+                    print(f"CUDA out of memory: micro_batch_size halved to {m}", flush=True)
+            if c["max_grad_norm"]:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), c["max_grad_norm"])
+            optimizer.step()
+            scheduler.step()           # once per optimizer step, never per micro-batch
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss * len(window)   # stays on the device: no host sync per step
+        train_loss = float(loss_sum) / n_train  # the epoch's one sync
+        epoch_time = time.perf_counter() - t0
+        progress["steps"] += steps_per_epoch
+        progress["samples"] += n_train
+        progress["train_time_s"] += epoch_time
+
+        val = evaluate(step_model, val_split, c["eval_batch_size"], autocast)
+        # Best by val acc, val loss breaking ties; test is evaluated only for a new best, so the
+        # reported test numbers are always those of the best-val weights (early-stopped trials too).
+        if val["acc"] > best["val_acc"] or (val["acc"] == best["val_acc"] and val["loss"] < best["val_loss"]):
+            test = evaluate(step_model, test_split, c["eval_batch_size"], autocast)
+            cal = calibration(test["probs"], test["labels"])
+            best = {"epoch": epoch + 1, "val_acc": val["acc"], "val_loss": val["loss"],
+                    "test_acc": test["acc"], "test_loss": test["loss"], "test_ece": cal["ece"],
+                    "test_confidence": cal["mean_confidence"],
+                    "test_reliability": _bins_json(cal["bins"])}
+            if best_dir is not None:
+                model.save_pretrained(best_dir)
+                load_tokenizer(c["model"]).save_pretrained(best_dir)
+
+        metrics = {
+            "epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"], "val_acc": val["acc"],
+            "lr": scheduler.get_last_lr()[0], "optimizer_steps": progress["steps"],
+            "samples_seen": progress["samples"], "samples_per_s": n_train / epoch_time,
+            "epoch_train_s": epoch_time, "train_time_s": progress["train_time_s"],
+            "best_epoch": best["epoch"], "best_val_acc": best["val_acc"], "best_val_loss": best["val_loss"],
+            "test_acc": best["test_acc"], "test_loss": best["test_loss"], "test_nll": best["test_loss"],
+            "test_ece": best["test_ece"], "test_confidence": best["test_confidence"],
+            "test_reliability": best["test_reliability"],
+            "micro_batch_size": m, "accumulation_steps": math.ceil(B / m), "oom_halvings": progress["oom_halvings"],
+            "precision": precision, "device": _device_name(device),
+            "peak_mem_gib": (torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else math.nan),
+            "n_train": n_train, "resumed_from_epoch": resumed_from, "best_model_path": str(best_dir) if best_dir and best["epoch"] else "",
+        }
+        history.append(metrics)
+        stop = False
+        if report is not None:
+            with tempfile.TemporaryDirectory(prefix="tune_study_ckpt_") as ckpt:
+                save_state(ckpt, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                  "scheduler": scheduler.state_dict(), "rng": _rng_state(),
+                                  "epoch": epoch + 1, "best": best, "progress": progress,
+                                  "history": history, "micro_batch_size": m})
+                stop = report(metrics, ckpt)
+        if stop:
+            break
+    return history
+
+
+def _bins_json(bins) -> str:
+    import json
+
+    return json.dumps([[round(lo, 4), round(hi, 4), k, round(conf, 6), round(acc, 6)]
+                       for lo, hi, k, conf, acc in bins])
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu x{torch.get_num_threads()}"
+
+
+# ----------------------------------------------------------------------------- micro-batch probe
+
+def auto_micro_batch(c: dict, device: torch.device, precision: str) -> int:
+    """The largest power of two <= batch_size whose real training step fits, cached per
+    (model, max_len, precision, device). On CPU memory is not the limit: 16 (measured best)."""
+    B = c["batch_size"]
+    if device.type != "cuda":
+        return min(B, 16)
+    import json
+
+    from .data import cache_dir
+    from .models import load_model
+
+    key = f"{c['model']}|{c['max_len']}|{precision}|{torch.cuda.get_device_name(device)}"
+    cache = cache_dir() / "micro_batch.json"
+    known = json.loads(cache.read_text()) if cache.exists() else {}
+    if key in known:
+        return min(B, known[key])
+    model = load_model(c["model"]).to(device)
+    autocast = _autocast(device, precision)
+    m = 1 << (min(B, 1024).bit_length() - 1)
+    while m > 1:
+        try:
+            x = torch.randint(1000, 2000, (m, c["max_len"]), device=device)
+            accumulate_gradients(model, [{"input_ids": x, "attention_mask": torch.ones_like(x),
+                                          "labels": torch.zeros(m, dtype=torch.long, device=device)}], autocast)
+            torch.cuda.synchronize(device)
+            break
+        except torch.cuda.OutOfMemoryError:
+            model.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            m //= 2
+    del model
+    torch.cuda.empty_cache()
+    if B >= 1024 or m < (1 << (min(B, 1024).bit_length() - 1)):  # only a probe that hit a limit is general
+        known[key] = m
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(known, indent=1))
+    return m
+
+
+# ----------------------------------------------------------------------------- Ray Tune
+
+def trainable(config: dict, datasets: dict | None = None) -> None:
+    """The Tune trainable: one trial = one ``train`` call; reports and checkpoints once per epoch.
+
+    ``datasets`` maps a tokenizer key to tokenized splits; the grid passes it with
+    ``tune.with_parameters`` so the tensors travel once through the object store.
+    """
+    from ray import tune
+
+    from .models import tokenizer_id
+
+    data = None
+    if datasets:
+        data = datasets.get(f"{tokenizer_id(config['model'])}|{config.get('max_len', TRAIN_DEFAULTS['max_len'])}")
+
+    def report(metrics, ckpt_dir):
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
+
+    checkpoint = tune.get_checkpoint()
+    trial_dir = tune.get_context().get_trial_dir()
+    if checkpoint is None:
+        train(config, report=report, data=data, output_dir=trial_dir)
+    else:
+        with checkpoint.as_directory() as d:
+            train(config, report=report, data=data, resume_from=d, output_dir=trial_dir)

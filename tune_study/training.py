@@ -28,7 +28,8 @@ from .metrics import calibration
 TRAIN_DEFAULTS = {
     "model": "minilm",
     "batch_size": 16,          # the effective batch: examples per optimizer step
-    "micro_batch_size": 16,    # examples per forward/backward; int or "auto"
+    "micro_batch_size": "auto",  # examples per forward/backward: an int, or "auto" (min(B, 16) on CPU,
+                               # the largest power of two that fits on a GPU)
     "lr": 5e-5,
     "epochs": 5,
     "scheduler": "constant",   # constant | linear | cosine (transformers.get_scheduler)

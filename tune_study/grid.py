@@ -67,29 +67,50 @@ def study_paths(results_dir: str, study: dict) -> tuple[Path, str]:
     return study_dir, storage
 
 
-def prepare_study_dir(study_dir: Path, space_path: str, resume: bool) -> None:
-    """Refuse to clobber a study or to resume a missing one; create the folder. No writes on error."""
-    results = study_dir.parent
+def check_study_dir(study_dir: Path, resume: bool) -> None:
+    """Refuse to clobber a study, to resume a missing one, or to write where we can't. Writes nothing."""
+    import tempfile
+
     if resume:
         if not (study_dir / "space.yaml").exists():
             raise StudyError(f"--resume: no study at {study_dir} (nothing to resume; run without --resume)")
         return
-    if study_dir.exists() and any(study_dir.iterdir()):
+    if study_dir.exists() and (not study_dir.is_dir() or any(study_dir.iterdir())):
         raise StudyError(f"study folder {study_dir} already exists: add --resume to finish it, "
                          f"or pick another --results-dir or study name (nothing was overwritten)")
-    if results.exists() and not results.is_dir():
-        raise StudyError(f"--results-dir: {results} is not a directory")
+    ancestor = study_dir.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise StudyError(f"--results-dir: cannot write to {study_dir.parent}: {ancestor} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as e:
+        raise StudyError(f"--results-dir: cannot write to {study_dir.parent}: {e.strerror or e}") from e
+
+
+def create_study_dir(study_dir: Path, space_path: str | Path) -> None:
     try:
         study_dir.mkdir(parents=True, exist_ok=True)
-        probe = study_dir / ".write_probe"
-        probe.write_text("")
-        probe.unlink()
+        shutil.copyfile(space_path, study_dir / "space.yaml")
     except OSError as e:
-        raise StudyError(f"--results-dir: cannot write to {results}: {e.strerror or e}") from e
-    shutil.copyfile(space_path, study_dir / "space.yaml")
+        raise StudyError(f"--results-dir: cannot write to {study_dir}: {e.strerror or e}") from e
+
+
+def prepare_study_dir(study_dir: Path, space_path: str, resume: bool) -> None:
+    """check_study_dir, then create the folder with a copy of the study file (not on resume)."""
+    check_study_dir(study_dir, resume)
+    if not resume:
+        create_study_dir(study_dir, space_path)
 
 
 # ----------------------------------------------------------------------------- Ray
+
+def dashboard_warning(host: str) -> str | None:
+    """The plain warning for a dashboard bound beyond loopback; None for loopback."""
+    return None if host in ("127.0.0.1", "localhost", "::1") else EXPOSED_WARNING.format(host=host)
+
 
 def init_ray(address: str | None, dashboard_host: str, dashboard_port: int, num_cpus: int | None):
     """Start or join Ray with the dashboard; a missing dashboard is a warning, not a crash."""
@@ -101,8 +122,9 @@ def init_ray(address: str | None, dashboard_host: str, dashboard_port: int, num_
         print("WARNING: RAY_AUTH_MODE=disabled: the dashboard and jobs API accept anyone who can reach them.")
     if address:
         return ray.init(address=address)
-    if dashboard_host not in ("127.0.0.1", "localhost", "::1"):
-        print(EXPOSED_WARNING.format(host=dashboard_host))
+    warning = dashboard_warning(dashboard_host)
+    if warning:
+        print(warning)
     kw = {"num_cpus": num_cpus, "dashboard_host": dashboard_host, "dashboard_port": dashboard_port}
     try:
         return ray.init(include_dashboard=True, **kw)
@@ -205,7 +227,7 @@ def representative_configs(study: dict) -> list[dict]:
 
 
 def run_study(study: dict, args, *, param_space: dict, search_alg=None, num_samples: int = 1,
-              kind: str = "grid") -> int:
+              kind: str = "grid", datasets: dict | None = None) -> int:
     """Shared by the grid and the Optuna search: Ray up, Tuner.fit/restore, exports, report."""
     from ray import tune
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig
@@ -225,7 +247,8 @@ def run_study(study: dict, args, *, param_space: dict, search_alg=None, num_samp
         print_dashboard(ctx)
         n_trials = grid_size(study) * num_samples if kind == "grid" else num_samples
         per_trial, conc, threads = resources_for(study, n_trials)
-        datasets = tokenize_for_study(study, representative_configs(study))
+        if datasets is None:
+            datasets = tokenize_for_study(study, representative_configs(study))
         trainable_ = tune.with_resources(tune.with_parameters(trainable, datasets=datasets), per_trial)
 
         exp_path = f"{storage}/{EXPERIMENT}"
@@ -306,15 +329,19 @@ def main(argv=None) -> int:
     try:
         study = load_space(args.space, kind="grid")
         study_dir, _ = study_paths(args.results_dir, study)
-        prepare_study_dir(study_dir, args.space, args.resume)
+        check_study_dir(study_dir, args.resume)
         if args.resume:  # the study's own copy decides what is being finished
             study = load_space(study_dir / "space.yaml", kind="grid")
+        # Load and tokenize before anything is written: bad data is an input error, not a crash.
+        datasets = tokenize_for_study(study, representative_configs(study))
+        if not args.resume:
+            create_study_dir(study_dir, args.space)
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     warnings.filterwarnings("ignore", category=FutureWarning)
     try:
-        return run_study(study, args, param_space=grid_param_space(study), kind="grid")
+        return run_study(study, args, param_space=grid_param_space(study), kind="grid", datasets=datasets)
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -69,7 +69,7 @@ def build_frames(result_grid, study: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
             "wall_time_s": m.get("time_total_s"), "best_model_path": m.get("best_model_path"),
             "micro_batch_size": m.get("micro_batch_size"), "accumulation_steps": m.get("accumulation_steps"),
             "peak_mem_gib": m.get("peak_mem_gib"), "oom_halvings": m.get("oom_halvings"),
-            "device": m.get("device"), "precision": m.get("precision"),
+            "device": m.get("device"), "precision": m.get("precision"), "node_id": m.get("node_id"),
             **{k: cfg.get(k) for k in ("lr", "warmup_ratio", "weight_decay", "max_len") if k not in axes},
             "error": (str(result.error).splitlines()[0][:300] if result.error else ""),
             "trial_path": result.path,

@@ -415,8 +415,12 @@ def trainable(config: dict, datasets: dict | None = None) -> None:
     if datasets:
         data = datasets.get(f"{tokenizer_id(config['model'])}|{config.get('max_len', TRAIN_DEFAULTS['max_len'])}")
 
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()  # which machine of a cluster ran this trial
+
     def report(metrics, ckpt_dir):
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
+        tune.report({**metrics, "node_id": node}, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
 
     checkpoint = tune.get_checkpoint()
     trial_dir = tune.get_context().get_trial_dir()

@@ -1,0 +1,234 @@
+"""Throughput benchmark: the project's own training loop against the HF Trainer baseline.
+
+    python -m tune_study.bench                       # CPU: tiny-bert; GPU: bert-base-random, roberta-base-random
+    python -m tune_study.bench --models bert-base-random --batch-sizes 16 256 1024
+    python -m tune_study.bench --concurrent 4        # + 4 batch-16 trials sharing the device
+    python -m tune_study.bench --check-bf16 300      # + bf16 vs fp32 loss over 300 steps
+
+"ours" is ``training.train`` itself (one warm-up epoch, one timed epoch, synthetic tokens): the
+same accumulation, optimizer, autocast and micro-batch choice as a trial. The baseline is what the
+seed would write with transformers: ``Trainer`` at micro-batch 16 x accumulation, bf16 on a GPU.
+MFU = samples/s x training FLOPs per sample / the bf16 matmul rate measured here at start.
+Writes bench.md and bench.csv to --out and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+
+def synthetic(n: int, max_len: int, vocab: int = 30522, seed: int = 0, learnable: bool = False) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, min(vocab, 30522) - 1, (n, max_len), generator=g, dtype=torch.int32)
+    labels = (ids[:, 1] % 2).long() if learnable else torch.randint(0, 2, (n,), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones(n, max_len, dtype=torch.int8), "labels": labels}
+
+
+def flops_per_sample(model, max_len: int) -> float:
+    """6 N L for the dense layers (forward + backward) plus attention's L^2 terms."""
+    cfg = model.config
+    n = sum(p.numel() for name, p in model.named_parameters() if "embeddings" not in name)
+    return 6 * n * max_len + 12 * cfg.num_hidden_layers * max_len * max_len * cfg.hidden_size
+
+
+def matmul_peak() -> float:
+    """Measured bf16 matmul FLOP/s on this GPU (the MFU denominator); nan on CPU."""
+    if not torch.cuda.is_available():
+        return math.nan
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ a
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(20):
+        a @ a
+    torch.cuda.synchronize()
+    return 20 * 2 * 8192**3 / (time.perf_counter() - t)
+
+
+def ours(model: str, batch: int, micro, max_len: int, steps: int, precision: str, compile_: bool = False) -> dict:
+    from .models import load_model
+    from .training import train
+
+    n = batch * steps
+    data = {"train": synthetic(n, max_len), "val": synthetic(8, max_len, seed=1), "test": synthetic(8, max_len, seed=2)}
+    cfg = {"model": model, "batch_size": batch, "micro_batch_size": micro, "max_len": max_len, "epochs": 2,
+           "precision": precision, "compile": compile_, "lr": 5e-5}
+    t0 = time.perf_counter()
+    hist = train(cfg, data=data)
+    m = hist[-1]  # epoch 2: warm (allocator, kernels, compile) and timed alone
+    fps = flops_per_sample(load_model(model, attn_implementation=None), max_len)
+    return {"model": model, "case": "tune_study" + (" compiled" if compile_ else ""), "batch": batch,
+            "micro": m["micro_batch_size"], "accum": m["accumulation_steps"], "precision": m["precision"],
+            "samples_per_s": m["samples_per_s"], "flops_per_sample": fps, "peak_gib": m["peak_mem_gib"],
+            "wall_s": time.perf_counter() - t0, "device": m["device"]}
+
+
+def hf_trainer(model: str, batch: int, max_len: int, steps: int, warm: int = 3) -> dict:
+    """The seed's way with transformers: Trainer at micro 16 x accumulation, bf16 on a GPU."""
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from .models import load_model
+
+    cuda = torch.cuda.is_available()
+    micro = min(16, batch)
+    accum = math.ceil(batch / micro)
+    torch.manual_seed(0)
+    net = load_model(model)
+    data = synthetic(micro * accum * (steps + warm), max_len)
+
+    class DS(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(data["labels"])
+
+        def __getitem__(self, i):
+            return {"input_ids": data["input_ids"][i].long(), "attention_mask": data["attention_mask"][i].long(),
+                    "labels": data["labels"][i]}
+
+    marks = {}
+
+    class Clock(TrainerCallback):  # time the steps after the warm-up ones, as for ours
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == warm:
+                if cuda:
+                    torch.cuda.synchronize()
+                marks["t0"] = time.perf_counter()
+
+        def on_train_end(self, args, state, control, **kw):
+            if cuda:
+                torch.cuda.synchronize()
+            marks["t1"] = time.perf_counter()
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(output_dir=out, per_device_train_batch_size=micro, gradient_accumulation_steps=accum,
+                                 max_steps=steps + warm, learning_rate=5e-5, lr_scheduler_type="constant",
+                                 bf16=cuda, use_cpu=not cuda, report_to="none", save_strategy="no",
+                                 logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0)
+        t0 = time.perf_counter()
+        Trainer(model=net, args=args, train_dataset=DS(), callbacks=[Clock()]).train()
+    sps = steps * micro * accum / (marks["t1"] - marks["t0"])
+    return {"model": model, "case": "HF Trainer", "batch": batch, "micro": micro, "accum": accum,
+            "precision": "bf16" if cuda else "fp32", "samples_per_s": sps,
+            "flops_per_sample": flops_per_sample(net, max_len), "peak_gib": math.nan,
+            "wall_s": time.perf_counter() - t0,
+            "device": torch.cuda.get_device_name() if cuda else f"cpu x{torch.get_num_threads()}"}
+
+
+def _worker(args):
+    model, batch, max_len, steps, precision, q = args
+    q.put(ours(model, batch, batch, max_len, steps, precision)["samples_per_s"])
+
+
+def concurrent(model: str, k: int, batch: int, max_len: int, steps: int, precision: str) -> dict:
+    """k processes, each training one batch-``batch`` trial on the same device at once (packing)."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=((model, batch, max_len, steps, precision, q),)) for _ in range(k)]
+    t0 = time.perf_counter()
+    for p in procs:
+        p.start()
+    rates = [q.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return {"model": model, "case": f"{k} trials sharing the device", "batch": batch, "micro": batch, "accum": 1,
+            "precision": precision, "samples_per_s": sum(rates), "flops_per_sample": math.nan,
+            "peak_gib": math.nan, "wall_s": time.perf_counter() - t0, "device": ""}
+
+
+def check_bf16(model: str, steps: int, max_len: int, batch: int = 32) -> dict:
+    """bf16 autocast against fp32 on the same learnable data and order: per-epoch train loss gap."""
+    from .training import train
+
+    n = batch * 25
+    data = {"train": synthetic(n, max_len, learnable=True), "val": synthetic(64, max_len, seed=1, learnable=True),
+            "test": synthetic(64, max_len, seed=2, learnable=True)}
+    epochs = max(1, round(steps / 25))
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        cfg = {"model": model, "batch_size": batch, "max_len": max_len, "epochs": epochs, "precision": precision,
+               "lr": 1e-4, "seed": 0}
+        runs[precision] = [h["train_loss"] for h in train(cfg, data=data)]
+    gap = max(abs(a - b) for a, b in zip(runs["fp32"], runs["bf16"]))
+    return {"steps": epochs * 25, "fp32_final": runs["fp32"][-1], "bf16_final": runs["bf16"][-1], "max_gap": gap}
+
+
+def main(argv=None) -> int:
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(prog="python -m tune_study.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["bert-base-random", "roberta-base-random"] if cuda else ["tiny-bert"])
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[16, 256, 1024] if cuda else [16, 64])
+    p.add_argument("--micro", default="auto", help="micro-batch for ours: an int or 'auto' (default)")
+    p.add_argument("--max-len", type=int, default=128)
+    p.add_argument("--steps", type=int, default=20, help="timed optimizer steps per case")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--no-baseline", action="store_true", help="skip the HF Trainer baseline")
+    p.add_argument("--compile", action="store_true", help="also time ours under torch.compile")
+    p.add_argument("--concurrent", type=int, default=0, help="also time K batch-16 trials sharing the device")
+    p.add_argument("--check-bf16", type=int, default=0, metavar="STEPS", help="also compare bf16 and fp32 loss")
+    p.add_argument("--out", default=None, help="folder for bench.md / bench.csv (default results/bench/<device>)")
+    args = p.parse_args(argv)
+    micro = args.micro if args.micro == "auto" else int(args.micro)
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    peak = matmul_peak()
+    device = torch.cuda.get_device_name() if cuda else f"cpu x{torch.get_num_threads()}"
+    print(f"device: {device}; torch {torch.__version__}; bf16 matmul peak "
+          f"{peak / 1e12:.0f} TFLOP/s" if cuda else f"device: {device}; torch {torch.__version__}", flush=True)
+    rows = []
+    for model in args.models:
+        for b in args.batch_sizes:
+            rows.append(ours(model, b, micro if micro == "auto" else min(micro, b), args.max_len, args.steps, args.precision))
+            print(rows[-1], flush=True)
+            if args.compile and cuda:
+                rows.append(ours(model, b, micro, args.max_len, args.steps, args.precision, compile_=True))
+            if not args.no_baseline:
+                rows.append(hf_trainer(model, b, args.max_len, args.steps))
+                print(rows[-1], flush=True)
+        if args.concurrent:
+            rows.append(concurrent(model, args.concurrent, 16, args.max_len, args.steps, args.precision))
+    df = pd.DataFrame(rows)
+    df["mfu"] = df["samples_per_s"] * df["flops_per_sample"] / peak
+    base = df[df.case == "HF Trainer"].set_index(["model", "batch"])["samples_per_s"]
+    df["x_vs_trainer"] = [r.samples_per_s / base.get((r.model, r.batch), math.nan) if r.case.startswith("tune_study")
+                          else math.nan for r in df.itertuples()]
+    cols = ["model", "case", "batch", "micro", "accum", "precision", "samples_per_s", "x_vs_trainer", "mfu",
+            "peak_gib", "wall_s"]
+    table = df[cols].to_markdown(index=False, floatfmt=".3g") if _has_tabulate() else df[cols].to_string(index=False)
+    out = Path(args.out or Path("results") / "bench" / device.replace(" ", "_").lower())
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "bench.csv", index=False)
+    text = f"# tune_study bench\n\ndevice: {device}, torch {torch.__version__}, max_len {args.max_len}\n\n{table}\n"
+    if args.check_bf16:
+        c = check_bf16(args.models[0], args.check_bf16, args.max_len)
+        text += (f"\nbf16 vs fp32 over {c['steps']} steps: final train loss {c['bf16_final']:.4f} vs "
+                 f"{c['fp32_final']:.4f}; largest per-epoch gap {c['max_gap']:.4f} (tolerance 0.05: "
+                 f"{'ok' if c['max_gap'] <= 0.05 else 'EXCEEDED'})\n")
+    (out / "bench.md").write_text(text)
+    print("\n" + text)
+    print(f"wrote {out / 'bench.md'} and {out / 'bench.csv'}")
+    return 0
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

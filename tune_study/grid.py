@@ -284,6 +284,12 @@ def run_study(study: dict, args, *, param_space: dict, search_alg=None, num_samp
         t0 = time.time()
         result_grid = tuner.fit()
         wall = time.time() - t0
+        try:  # the saved experiment state knows which trials an interrupt (Ctrl-C) left unfinished
+            from .results import load_result_grid
+
+            result_grid = load_result_grid(exp_path)
+        except Exception:
+            pass
         trials, _ = export(result_grid, study, study_dir)
         print(f"\n{kind} '{study['name']}': {len(trials)} trials in {wall:.0f} s; exports in {study_dir}")
         print(console_table(trials, list(study["axes"])))
@@ -293,9 +299,13 @@ def run_study(study: dict, args, *, param_space: dict, search_alg=None, num_samp
 
                 build_report(study_dir)
                 print(f"report: {study_dir / 'report.md'}")
-            except ImportError:
-                pass
+            except Exception as e:  # the exports are written; a report problem must not sink the study
+                print(f"WARNING: the report failed ({type(e).__name__}: {e}); the exports are complete. "
+                      f"Retry with: python -m tune_study.report {study_dir}")
         n_err = int((trials["status"] == "ERROR").sum()) if len(trials) else 0
+        unfinished = int(trials["status"].isin(["RUNNING", "PENDING", "PAUSED"]).sum()) if len(trials) else 0
+        if unfinished:
+            print(f"study interrupted: {unfinished} trial(s) unfinished; finish them with --resume")
         if args.keep_alive:
             print_dashboard(ctx)
             print("keeping the driver alive for the dashboard; Ctrl-C to stop")
@@ -304,7 +314,7 @@ def run_study(study: dict, args, *, param_space: dict, search_alg=None, num_samp
                     time.sleep(3600)
             except KeyboardInterrupt:
                 pass
-        return 1 if n_err else 0
+        return 1 if n_err or unfinished else 0
     finally:
         if owned:
             ray.shutdown()

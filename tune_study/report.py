@@ -43,6 +43,14 @@ KIND_TEXT = {"never_learned": "never learned (at chance from epoch 1)",
              "collapsed": "collapsed after learning", "non_finite": "non-finite loss"}
 
 
+def _ok(x) -> bool:
+    """A usable scalar: not None / nan / NA."""
+    try:
+        return not bool(pd.isna(x))
+    except (TypeError, ValueError):
+        return True
+
+
 # ----------------------------------------------------------------------------- loading
 
 def _read_study(study_dir: Path) -> tuple[dict, str]:
@@ -215,6 +223,12 @@ def data_facts(study: dict, trials: pd.DataFrame) -> dict:
     stratified split of balanced IMDB), n_val and n_test."""
     facts = {"majority": 0.5, "majority_source": "assumed: a stratified split of balanced IMDB",
              "n_test": _n_test(trials), "n_val": None}
+    if "val_majority_rate" in trials and trials["val_majority_rate"].notna().any():
+        facts.update(majority=float(trials["val_majority_rate"].dropna().iloc[0]),
+                     majority_source="measured on the val split",
+                     n_val=int(trials["n_val"].dropna().iloc[0]),
+                     n_test=int(trials["n_test"].dropna().iloc[0]))
+        return facts
     try:
         import torch
 
@@ -305,7 +319,7 @@ def differ(a: dict, b: dict, n_test: int | None) -> tuple[bool | None, str]:
     if len(va) >= 2 and len(vb) >= 2:
         p = M.welch_t_test(va, vb)
         return (p < ALPHA if p == p else None), f"Welch p = {p:.2g}"
-    if not n_test or a["test_acc"] != a["test_acc"] or b["test_acc"] != b["test_acc"]:
+    if not n_test or not _ok(a["test_acc"]) or not _ok(b["test_acc"]):
         return None, ""
     d, lo, hi = M.diff_interval(a["test_acc"] * n_test, n_test, b["test_acc"] * n_test, n_test)
     return (lo > 0 or hi < 0), f"difference {d:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}]"
@@ -324,9 +338,9 @@ def batch_colors(batch_sizes) -> dict:
     import matplotlib
 
     cmap = matplotlib.colormaps["viridis"]
-    bs = sorted({int(b) for b in batch_sizes if b == b and b is not None and b is not pd.NA})
+    bs = sorted({int(b) for b in batch_sizes if _ok(b)})
     n = len(bs)
-    return {b: cmap(0.88 * i / (n - 1) if n > 1 else 0.0) for i, b in enumerate(bs)}
+    return {b: cmap(0.82 * i / (n - 1) if n > 1 else 0.0) for i, b in enumerate(bs)}
 
 
 def _panels(trials: pd.DataFrame) -> list[tuple]:
@@ -335,7 +349,10 @@ def _panels(trials: pd.DataFrame) -> list[tuple]:
     return sorted(map(tuple, ps.values.tolist()), key=lambda t: (str(t[0]), str(t[1])))
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, settle: bool = False) -> Path:
+    fig.align_ylabels()
+    if settle:  # a first layout pass, so that shared-axis tick labels settle before the real one
+        fig.draw_without_rendering()
     fig.savefig(path, dpi=FIG_DPI)
     return path
 
@@ -369,7 +386,7 @@ def fig_curves(history, trials, cfg_cols, xkey, xlabel, path, colors, majority, 
     fig = _figure(max(12.0, 3.4 * ncol + 1.5), 8.5)
     axs = fig.subplots(len(CURVES), ncol, squeeze=False, sharex="col", sharey="row")
     banded = False
-    collapse_marks = False
+    collapse_marks = stopped_marks = False
     hist = history.merge(trials[["trial_id", "cfg"]], on="trial_id", how="left")
     for j, (model, sched) in enumerate(panels):
         ptrials = trials[(trials["model"] == model) & (trials["scheduler"] == sched)]
@@ -378,7 +395,7 @@ def fig_curves(history, trials, cfg_cols, xkey, xlabel, path, colors, majority, 
         multi = ptrials.groupby("batch_size")["cfg"].nunique().max() > 1 if len(ptrials) else False
         for cfg, g in groups:
             b = g["batch_size"].iloc[0]
-            color = colors.get(int(b)) if b == b else "grey"
+            color = colors.get(int(b)) if _ok(b) else "grey"
             h = hist[hist["cfg"] == cfg]
             if not len(h):
                 continue
@@ -388,7 +405,7 @@ def fig_curves(history, trials, cfg_cols, xkey, xlabel, path, colors, majority, 
                     continue
                 if g["trial_id"].nunique() > 1:
                     c = _curve(h, xkey, ykey).dropna(subset=["x", "y"])
-                    ax.plot(c["x"], c["y"], "-o", color=color, ms=3.5, lw=1.6)
+                    ax.plot(c["x"], c["y"], "-o", color=color, ms=4.5, lw=1.6)
                     band = c.dropna(subset=["hw"])
                     if len(band):
                         ax.fill_between(band["x"], band["y"] - band["hw"], band["y"] + band["hw"],
@@ -396,11 +413,17 @@ def fig_curves(history, trials, cfg_cols, xkey, xlabel, path, colors, majority, 
                         banded = True
                 else:
                     d = h.dropna(subset=[xkey, ykey]) if xkey in h else h.iloc[:0]
-                    ax.plot(d[xkey], d[ykey], "-o", color=color, ms=3.5, lw=1.6 if not multi else 1.0,
+                    ax.plot(d[xkey], d[ykey], "-o", color=color, ms=4.5, lw=1.6 if not multi else 1.0,
                             alpha=1.0 if not multi else 0.7)
-            # collapse markers on the val acc row
+            # stopped-early ends and collapse markers
             for t in g.itertuples():
-                if getattr(t, "collapsed", False) and t.collapse_epoch is not pd.NA and t.collapse_epoch == t.collapse_epoch:
+                if getattr(t, "stopped_early", False) is True and xkey in h:
+                    d = h[h["trial_id"] == t.trial_id].sort_values("epoch").tail(1)
+                    for i, (ykey, _) in enumerate(CURVES):
+                        if ykey in d:
+                            axs[i][j].plot(d[xkey], d[ykey], "s", mfc="white", mec=color, mew=1.5, ms=7, zorder=4)
+                    stopped_marks = True
+                if getattr(t, "collapse_kind", "") in ("collapsed", "non_finite") and _ok(t.collapse_epoch):
                     d = h[(h["trial_id"] == t.trial_id) & (h["epoch"] == t.collapse_epoch)]
                     if len(d) and xkey in d:
                         axs[2][j].plot(d[xkey], d["val_acc"], "X", color=color, mec="black", ms=9, zorder=5)
@@ -417,18 +440,21 @@ def fig_curves(history, trials, cfg_cols, xkey, xlabel, path, colors, majority, 
     if xkey == "epoch":
         from matplotlib.ticker import MaxNLocator
 
-        axs[-1][0].xaxis.set_major_locator(MaxNLocator(integer=True))
+        for ax in axs[-1]:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles = [Line2D([], [], color=c, marker="o", ms=4, lw=1.6, label=f"{b}") for b, c in colors.items()]
     handles.append(Line2D([], [], color="grey", ls=":", label=f"majority class ({majority:.2f})"))
     if banded:
         from matplotlib.patches import Patch
 
         handles.append(Patch(color="grey", alpha=0.25, label="95% CI over seeds"))
+    if stopped_marks:
+        handles.append(Line2D([], [], color="grey", marker="s", mfc="white", ms=7, lw=0, label="stopped early"))
     if collapse_marks:
         handles.append(Line2D([], [], color="white", marker="X", mec="black", mfc="lightgrey", ms=9, lw=0,
                               label="collapse epoch"))
     fig.legend(handles=handles, title="batch size", loc="outside right upper", fontsize=9, title_fontsize=9)
-    return _save(fig, path)
+    return _save(fig, path, settle=True)
 
 
 def fig_test_vs_batch(cfgs, path, n_test):
@@ -442,6 +468,7 @@ def fig_test_vs_batch(cfgs, path, n_test):
     cmap = matplotlib.colormaps["tab10"]
     markers = "osD^vP*"
     panels = _panels(cfgs)
+    stopped = False
     for k, (model, sched) in enumerate(panels):
         c = cfgs[(cfgs["model"] == model) & (cfgs["scheduler"] == sched) & cfgs["test_acc"].notna()]
         c = c.sort_values("batch_size")
@@ -454,6 +481,11 @@ def fig_test_vs_batch(cfgs, path, n_test):
         axs[0].errorbar(x, c["test_acc"], yerr=np.nan_to_num(yerr), **kw)
         axs[1].errorbar(x, c["test_loss"], yerr=np.nan_to_num(c["test_loss_hw"].to_numpy(float)), **kw)
         axs[2].errorbar(x, c["test_ece"], yerr=np.nan_to_num(c["test_ece_hw"].to_numpy(float)), **kw)
+        st = (c["stopped_early"] > 0).to_numpy()
+        if st.any():
+            stopped = True
+            for ax, m in zip(axs, ("test_acc", "test_loss", "test_ece")):
+                ax.plot(x[st], c[m][st], ls="", marker=kw["marker"], ms=5, mfc="white", mec=kw["color"], zorder=4)
     bs = sorted(int(b) for b in cfgs["batch_size"].dropna().unique())
     titles = [f"test accuracy (95% CI{', n=' + str(n_test) if n_test else ''})", "test loss (NLL)",
               "test ECE (15 bins)"]
@@ -468,6 +500,11 @@ def fig_test_vs_batch(cfgs, path, n_test):
     axs[1].set_ylabel("cross-entropy")
     axs[2].set_ylabel("expected calibration error")
     handles, labels = axs[0].get_legend_handles_labels()
+    if stopped:
+        from matplotlib.lines import Line2D
+
+        handles.append(Line2D([], [], ls="", marker="o", mfc="white", mec="grey", label="hollow: stopped early"))
+        labels.append("hollow: stopped early")
     fig.legend(handles, labels, loc="outside right upper", fontsize=9)
     return _save(fig, path)
 
@@ -504,6 +541,7 @@ def fig_reliability(trials, path, colors):
     for k, (model, sched) in enumerate(panels):
         ax = axs[k // ncol][k % ncol]
         p = trials[(trials["model"] == model) & (trials["scheduler"] == sched)]
+        handles = []
         for cfg, g in sorted(p.groupby("cfg", sort=False), key=lambda kv: (kv[1]["batch_size"].iloc[0], kv[0])):
             bins = _pooled_bins(g["test_reliability"].dropna())
             if not bins:
@@ -514,15 +552,18 @@ def fig_reliability(trials, path, colors):
             acc = [x[4] for x in bins]
             lo_x = min(lo_x, min(x[0] for x in bins))
             ece = sum(x[2] / n * abs(x[4] - x[3]) for x in bins)
-            color = colors.get(int(b), "grey") if b == b else "grey"
+            color = colors.get(int(b), "grey") if _ok(b) else "grey"
             ax.plot(conf, acc, "-", color=color, lw=1.4, alpha=0.9)
             ax.scatter(conf, acc, s=[12 + 140 * x[2] / n for x in bins], color=color, edgecolor="white",
-                       lw=0.5, zorder=3, label=f"b{int(b)}: ECE {ece:.3f}" + (f" ({len(g)} seeds)" if len(g) > 1 else ""))
+                       lw=0.5, zorder=3)
+            handles.append(Line2D([], [], color=color, marker="o", ms=6, lw=1.4,
+                                  label=f"b{int(b)}: ECE {ece:.3f}" + (f" ({len(g)} seeds)" if len(g) > 1 else "")))
             drawn = True
         ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
         ax.set_title(f"{model} · {sched}", fontsize=11)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper left")
+        if handles:
+            ax.legend(handles=handles, fontsize=8, loc="lower right")
     if not drawn:
         return None
     for ax in axs.flat[len(panels):]:
@@ -566,7 +607,7 @@ def fig_search_history(trials, path):
 # ----------------------------------------------------------------------------- analyses
 
 def _fmt(x, nd=3) -> str:
-    return "–" if x is None or x != x else f"{x:.{nd}f}"
+    return f"{x:.{nd}f}" if _ok(x) else "–"
 
 
 def step_matched(history: pd.DataFrame, cfgs: pd.DataFrame, majority: float, n_val: int | None) -> list[dict]:
@@ -630,6 +671,9 @@ def _val_differ(a, b, n):
 
 V_FEWER = "fewer steps: behind at matched samples, not behind at matched steps"
 V_ITSELF = "batch size itself: behind even at matched steps"
+V_PER_STEP = "level at matched samples and ahead at matched steps: each large-batch step does more"
+V_AHEAD = "larger batch ahead at matched samples"
+V_LEVEL = "no difference beyond noise"
 
 
 def _step_verdict(r: dict) -> str:
@@ -646,8 +690,10 @@ def _step_verdict(r: dict) -> str:
     if worse_samples:
         return V_FEWER
     if d_samples > 0 and r["beyond_noise_samples"]:
-        return "larger batch ahead at matched samples"
-    return "no gap beyond noise at matched samples"
+        return V_AHEAD
+    if d_steps > 0 and r["beyond_noise_steps"]:
+        return V_PER_STEP
+    return V_LEVEL
 
 
 def _steps_per_epoch(trials):
@@ -669,16 +715,16 @@ def md_table(df: pd.DataFrame) -> str:
 
 
 def _acc_ci(r) -> str:
-    if r.get("test_acc") != r.get("test_acc"):
+    if not _ok(r.get("test_acc")):
         return "–"
     lo, hi = r.get("test_acc_lo"), r.get("test_acc_hi")
-    return f"{r['test_acc']:.3f} [{_fmt(lo)}, {_fmt(hi)}]" if lo == lo and lo is not None else f"{r['test_acc']:.3f}"
+    return f"{r['test_acc']:.3f} [{_fmt(lo)}, {_fmt(hi)}]" if _ok(lo) else f"{r['test_acc']:.3f}"
 
 
 def _pm(m, hw, nd=3):
-    if m != m:
+    if not _ok(m):
         return "–"
-    return f"{m:.{nd}f} ± {hw:.{nd}f}" if hw == hw else f"{m:.{nd}f}"
+    return f"{m:.{nd}f} ± {hw:.{nd}f}" if _ok(hw) else f"{m:.{nd}f}"
 
 
 def _collapse_text(r) -> str:
@@ -689,8 +735,14 @@ def _collapse_text(r) -> str:
 
 # ----------------------------------------------------------------------------- the report
 
-def build_report(study_dir, margin: float = DEFAULT_MARGIN, log=print) -> Path:
-    """Write report.md, figures and test_table.csv into ``study_dir``; returns report.md's path."""
+def build_report(study_dir, margin: float = DEFAULT_MARGIN, log=print, figures: bool = True) -> Path:
+    """Write report.md, figures and test_table.csv into ``study_dir``; returns report.md's path.
+
+    Rebuilds trials/history from the Ray experiment in ``study_dir/tune`` when they are missing or
+    older than it; adds ``collapsed`` / ``collapse_epoch`` / ``collapse_kind`` to trials.csv/.parquet.
+    ``margin``: the val-acc band around the majority-class rate that counts as collapsed.
+    Raises StudyError when ``study_dir`` is not a study folder.
+    """
     study_dir = Path(study_dir).expanduser()
     if not study_dir.is_dir():
         raise StudyError(f"report: no study folder at {study_dir}")
@@ -731,7 +783,7 @@ def build_report(study_dir, margin: float = DEFAULT_MARGIN, log=print) -> Path:
     # ---- tables
     tt = trials.copy()
     if n_test and len(tt):
-        ci = [M.wilson_interval(a * n_test, n_test) if a == a else (math.nan, math.nan) for a in tt["test_acc"]]
+        ci = [M.wilson_interval(a * n_test, n_test) if _ok(a) else (math.nan, math.nan) for a in tt["test_acc"]]
         tt["test_acc_lo"], tt["test_acc_hi"] = [c[0] for c in ci], [c[1] for c in ci]
     else:
         tt["test_acc_lo"] = tt["test_acc_hi"] = math.nan
@@ -751,7 +803,9 @@ def build_report(study_dir, margin: float = DEFAULT_MARGIN, log=print) -> Path:
     # ---- figures
     figs = {}
     colors = batch_colors(trials["batch_size"].dropna()) if len(trials) else {}
-    if len(history) and len(trials):
+    if not figures:
+        pass
+    elif len(history) and len(trials):
         for name, xkey, xlabel, logx in (("epoch", "epoch", "epoch", False),
                                          ("steps", "optimizer_steps", "optimizer steps (log scale)", True),
                                          ("samples", "samples_seen", "training samples seen", False)):
@@ -760,15 +814,15 @@ def build_report(study_dir, margin: float = DEFAULT_MARGIN, log=print) -> Path:
                                colors, majority, logx=logx)
                 if p:
                     figs[name] = p.name
-    if kind == "grid" and len(cfgs):
+    if figures and kind == "grid" and len(cfgs):
         p = fig_test_vs_batch(cfgs, study_dir / "fig_test_vs_batch.png", n_test)
         if p:
             figs["test"] = p.name
-    if len(trials):
+    if figures and len(trials):
         p = fig_reliability(trials, study_dir / "fig_reliability.png", colors)
         if p:
             figs["reliability"] = p.name
-    if kind == "search" and len(trials):
+    if figures and kind == "search" and len(trials):
         p = fig_search_history(trials, study_dir / "fig_search_history.png")
         if p:
             figs["search"] = p.name
@@ -861,9 +915,9 @@ def _markdown(study, kind, study_dir, source, trials, history, cfgs, cfg_cols, s
         "config": [trials.set_index("trial_id").loc[t, "cfg"] for t in rows["trial_id"]],
         **({"seed": rows["seed"]} if "seed" in rows and seeds else {}),
         "status": rows["status"],
-        "epochs": [f"{int(a)}/{int(b)}" if b == b else f"{a}" for a, b in zip(rows["epochs_run"], rows["epochs_planned"])],
+        "epochs": [f"{int(a)}/{int(b)}" if _ok(a) and _ok(b) else "–" for a, b in zip(rows["epochs_run"], rows["epochs_planned"])],
         "stopped early": ["yes" if s else "no" for s in rows["stopped_early"].fillna(False)],
-        "best epoch": [str(int(e)) if e == e else "–" for e in rows["best_epoch"]],
+        "best epoch": [str(int(e)) if _ok(e) else "–" for e in rows["best_epoch"]],
         "best val acc": [_fmt(x) for x in rows["best_val_acc"]],
         "test acc [95% CI]": [_acc_ci(r) for _, r in rows.iterrows()],
         "test loss": [_fmt(x) for x in rows["test_loss"]],
@@ -1029,11 +1083,19 @@ def _asha_note(trials):
         share = lambda df: ", ".join(f"{int(b)}: {k}/{int((trials['batch_size'] == b).sum())}"
                                      for b, k in df.groupby("batch_size").size().items())
         s += f"Stopped trials per batch size: {share(st)}. "
+    ep = trials.groupby("batch_size")["epochs_run"].mean().dropna()
+    if len(ep) > 1:
+        s += "Mean epochs run per batch size: " + ", ".join(f"{int(b)}: {e:.1f}" for b, e in ep.items()) + ". "
     if len(spe) > 1:
         lo, hi = min(spe), max(spe)
         s += (f"ASHA compares trials at equal epochs, when batch {hi} has taken {spe[hi]} optimizer steps per epoch "
-              f"against {spe[lo]} for batch {lo}: large batches get pruned first for taking fewer steps, not "
-              f"for their batch size. Their test numbers are those of the best-val weights up to the stop.")
+              f"against {spe[lo]} for batch {lo}; so large batches get pruned first for taking fewer steps, not "
+              f"for their batch size")
+        if len(ep) > 1 and ep.loc[max(ep.index)] <= ep.min():
+            s += f" — as here, where batch {int(max(ep.index))} ran the fewest epochs. "
+        else:
+            s += ". "
+        s += "Stopped trials report the test numbers of their best-val weights up to the stop."
     return [s]
 
 
@@ -1043,7 +1105,11 @@ def _q_collapse(trials, seeds, majority, margin, n_val):
     nf = trials[trials["collapse_kind"] == "non_finite"]
     never = trials[trials["collapse_kind"] == "never_learned"]
     head = "**(a) Is a collapse to ~0.5 accuracy real or chance?** "
-    if not len(col) and not len(nf):
+    learned = trials[trials["collapse_kind"] != "never_learned"]
+    if not len(col) and not len(nf) and len(never) and not len(learned):
+        s = (head + f"Nothing to judge: no trial ever left the {majority:.2f} ± {margin} band (none learned), "
+             "so none could collapse after learning.")
+    elif not len(col) and not len(nf):
         s = (head + f"No trial collapsed after learning: every trial whose val accuracy left the "
              f"{majority:.2f} ± {margin} band stayed out of it through its last epoch, and no loss was non-finite. "
              "The seed's RoBERTa collapse did not recur in this study.")
@@ -1054,12 +1120,22 @@ def _q_collapse(trials, seeds, majority, margin, n_val):
             items.append(f"{h} at epoch {r.collapse_epoch} ({KIND_TEXT[r.collapse_kind]}; best val "
                          f"{_fmt(r.best_val_acc)} at epoch {r.best_epoch} before it)")
         s = head + f"{len(col) + len(nf)} trial(s) collapsed: " + "; ".join(items) + ". "
-        if n_val:
-            lo, hi = M.wilson_interval(majority * n_val, n_val)
-            s += (f"A model that predicts one class scores exactly the majority rate; with n_val = {n_val} a model "
-                  f"that still discriminates as well as before would land in [{majority - margin:.2f}, "
-                  f"{majority + margin:.2f}] at every remaining epoch only by a very unlikely coincidence, so the "
-                  f"collapse is real (the classifier degenerated), not sampling noise. ")
+        if n_val and len(col):
+            from scipy import stats
+
+            probs = []
+            for r in col.itertuples():
+                p = float(r.best_val_acc)
+                k = int(r.epochs_run) - int(r.collapse_epoch) + 1
+                lo_k, hi_k = math.ceil((majority - margin) * n_val - 1e-9), math.floor((majority + margin) * n_val + 1e-9)
+                one = float(stats.binom.cdf(hi_k, n_val, p) - stats.binom.cdf(lo_k - 1, n_val, p))
+                probs.append((r, one ** max(k, 1), k))
+            r, pr, k = max(probs, key=lambda t: t[1])
+            s += ("Real, not chance" if pr < ALPHA else "Possibly chance") + (
+                  f": predicting one class scores exactly the majority rate, while a model that had "
+                  f"kept its best val accuracy ({r.best_val_acc:.3f}) would score within ±{margin} of "
+                  f"{majority:.2f} on n_val = {n_val} at {k} epoch(s) in a row with probability {pr:.1e} "
+                  f"(binomial){' — the largest such probability among the flagged trials' if len(probs) > 1 else ''}. ")
         if seeds and "seed" in trials:
             for cfg in sorted(set(col["cfg"]) | set(nf["cfg"])):
                 g = trials[trials["cfg"] == cfg]
@@ -1094,16 +1170,17 @@ def _q_loss_vs_acc(trials, history, done, n_test):
 
     rho = stats.spearmanr(d["test_acc"], d["test_loss"]).statistic if d["test_acc"].nunique() > 1 else math.nan
     s = head
+    trend = ("test loss mostly falls as accuracy rises" if rho < -0.3 else
+             "test loss mostly rises with accuracy" if rho > 0.3 else "test loss and accuracy are barely related")
+    s += f"Across {len(d)} configs {trend} (Spearman ρ = {rho:.2f}). "
     if best is None:
-        s += (f"It did not here: across {len(d)} configs no config has both higher test accuracy and higher test "
-              f"loss than another; test loss falls as accuracy rises (Spearman ρ = {rho:.2f}).")
+        s += "No config has both higher test accuracy and higher test loss than another. "
     else:
         _, a, b = best
         n_pairs = sum(1 for x in rows for y in rows if x["test_acc"] > y["test_acc"] and x["test_loss"] > y["test_loss"])
         dd, how = differ(a, b, n_test)
-        s += (f"{n_pairs} config pair(s) have higher test accuracy together with higher test loss (Spearman ρ "
-              f"acc vs loss = {rho:.2f}). The largest: {a['label']} has accuracy {a['test_acc']:.3f} vs "
-              f"{b['test_acc']:.3f} for {b['label']} "
+        s += (f"{n_pairs} config pair(s) have higher test accuracy together with higher test loss; the clearest: "
+              f"{a['label']} has accuracy {a['test_acc']:.3f} vs {b['test_acc']:.3f} for {b['label']} "
               f"({'beyond' if dd else 'within' if dd is False else 'undetermined'} noise), yet test loss "
               f"{a['test_loss']:.3f} vs {b['test_loss']:.3f}. ")
         ga, gb = a["test_confidence"] - a["test_acc"], b["test_confidence"] - b["test_acc"]
@@ -1111,15 +1188,47 @@ def _q_loss_vs_acc(trials, history, done, n_test):
             s += (f"{a['label']} is over-confident (confidence {a['test_confidence']:.3f} > accuracy "
                   f"{a['test_acc']:.3f}, ECE {a['test_ece']:.3f} vs {b['test_ece']:.3f}): its remaining wrong "
                   f"answers are made with high confidence, each costing −log(1−p) ≫ log 2, so the mean NLL rises "
-                  f"even as accuracy rises. The data show over-confidence, not the seed's under-confidence reading.")
+                  f"even as accuracy rises. ")
         elif ga < 0 and a["test_ece"] > b["test_ece"]:
             s += (f"{a['label']} is under-confident (confidence {a['test_confidence']:.3f} < accuracy "
                   f"{a['test_acc']:.3f}, ECE {a['test_ece']:.3f} vs {b['test_ece']:.3f}): right answers made with "
-                  f"low probability keep the NLL high — the seed's reading (a model not confident in its answers).")
+                  f"low probability keep the NLL high — the seed's reading (a model not confident in its answers). ")
         else:
             s += (f"Calibration does not explain it (confidence − accuracy: {ga:+.3f} vs {gb:+.3f}; ECE "
                   f"{_fmt(a['test_ece'])} vs {_fmt(b['test_ece'])}): the loss difference is a few confident "
-                  f"mistakes on n_test = {n_test or '?'} reviews.")
+                  f"mistakes on n_test = {n_test or '?'} reviews. ")
+    # the seed's case: the linear schedule, higher accuracy and higher loss, read as "not confident"
+    if d["scheduler"].nunique() > 1:
+        per = d.groupby("scheduler").agg(acc=("test_acc", "mean"), loss=("test_loss", "mean"),
+                                         conf=("test_confidence", "mean"), ece=("test_ece", "mean"))
+        parts = []
+        for sched, r in per.iterrows():
+            gap = r["conf"] - r["acc"]
+            kind = "over-confident" if gap > 0.01 else "under-confident" if gap < -0.01 else "calibrated on average"
+            parts.append(f"{sched}: accuracy {r['acc']:.3f}, test loss {r['loss']:.3f}, confidence {r['conf']:.3f} "
+                         f"({kind}, ECE {r['ece']:.3f})")
+        s += "Per scheduler (mean over its configs): " + "; ".join(parts) + ". "
+        if "linear" in per.index:
+            lin = per.loc["linear"]
+            others = per.drop(index="linear")
+            gap = lin["conf"] - lin["acc"]
+            verdict = ("so the data do not support the seed's \"not confident\" reading for the linear schedule: "
+                       "it is over-confident on average") if gap > 0.01 else (
+                "consistent with the seed's reading: the linear schedule is under-confident on average") if gap < -0.01 \
+                else "the linear schedule is calibrated on average, so confidence does not explain a loss gap"
+            keys = [c for c in ("model", "batch_size") if c in d]
+            if "constant" in per.index and keys:
+                m = d[d["scheduler"] == "linear"].merge(d[d["scheduler"] == "constant"], on=keys, suffixes=("_l", "_c"))
+                if len(m):
+                    k_conf = int((m["test_confidence_l"] > m["test_confidence_c"]).sum())
+                    k_loss = int((m["test_loss_l"] > m["test_loss_c"]).sum())
+                    k_acc = int((m["test_acc_l"] > m["test_acc_c"]).sum())
+                    s += (f"Config by config (same model and batch size), linear is more confident than constant in "
+                          f"{k_conf} of {len(m)}, more accurate in {k_acc}, and has the higher test loss in {k_loss}. ")
+            if (lin["acc"] > others["acc"]).all() and (lin["loss"] > others["loss"]).all():
+                s += f"As in the seed, linear has the higher accuracy and the higher loss; {verdict}. "
+            else:
+                s += f"Unlike the seed, linear does not have both the higher accuracy and the higher loss; {verdict}. "
     # within trials: val loss rising while val acc holds
     rising = []
     for tid, h in history.groupby("trial_id"):
@@ -1145,10 +1254,8 @@ def _q_steps(sm, done, n_val, kind):
     if not sm:
         return ["- " + head + "Needs at least two batch sizes with history for one model · scheduler."]
     L = []
-    verdicts = {}
     for r in sm:
         v = _step_verdict(r)
-        verdicts.setdefault(v, []).append(r)
         anch = "".join(f"; b{b} interpolated from the majority rate at step 0 to its first evaluation at "
                        f"{r['first_steps'][b]:.0f} steps" for b in r["anchored"])
         L.append(f"  - {r['model']} · {r['scheduler']}, batch {r['small']} vs {r['large']}: val acc at matched "
@@ -1163,13 +1270,24 @@ def _q_steps(sm, done, n_val, kind):
         return ["- " + head + "No batch size learned anything (val accuracy at chance throughout): there is no "
                 "batch-size effect to attribute."] + L
     n = len(sm)
-    fewer = sum(_step_verdict(r) == V_FEWER for r in sm)
-    itself = sum(_step_verdict(r) == V_ITSELF for r in sm)
-    s = head + f"Of {n} adjacent-batch comparisons, "
+    count = lambda v: sum(_step_verdict(r) == v for r in sm)
+    fewer, itself, per_step, ahead = count(V_FEWER), count(V_ITSELF), count(V_PER_STEP), count(V_AHEAD)
+    s = head + f"Of {n} adjacent-batch comparisons (rule below), "
     s += (f"{fewer} show the larger batch behind at matched samples but not at matched optimizer steps (the gap is "
-          f"one of fewer steps), {itself} show it behind even at matched steps (an effect of batch size itself), "
-          f"and {n - fewer - itself} neither (no deficit of the larger batch beyond noise). ")
-    if fewer > itself and fewer:
+          f"one of fewer steps), {itself} show it behind even at matched steps (an effect of batch size itself)")
+    if per_step:
+        s += f", {per_step} show it level at matched samples and ahead at matched steps"
+    if ahead:
+        s += f", {ahead} show it ahead at matched samples"
+    s += f", {n - fewer - itself - per_step - ahead} show no difference beyond noise. "
+    n_anch = sum(bool(r["anchored"]) for r in sm)
+    if n_anch:
+        s += (f"{n_anch} of the matched-step values rest on the step-0 anchor (the step ranges of the two batch sizes "
+              f"do not overlap), so treat them as rough. ")
+    if fewer and not itself:
+        s += ("No comparison has the larger batch behind at matched steps: where it falls behind at matched samples "
+              "(equal epochs), fewer optimizer steps at the same learning rate account for it.")
+    elif fewer > itself:
         s += "So the batch-size effect here is mostly one of fewer optimizer steps at a fixed learning rate."
     elif itself > fewer:
         s += "So larger batches are worse here even per optimizer step, not only for taking fewer steps."
@@ -1211,9 +1329,10 @@ def main(argv=None) -> int:
     p.add_argument("study_dir", help="the study folder, <results-dir>/<study name>")
     p.add_argument("--collapse-margin", type=float, default=DEFAULT_MARGIN,
                    help=f"val-acc band around the majority-class rate that counts as collapsed (default {DEFAULT_MARGIN})")
+    p.add_argument("--no-figures", action="store_true", help="write report.md and the tables only")
     args = p.parse_args(argv)
     try:
-        out = build_report(args.study_dir, margin=args.collapse_margin)
+        out = build_report(args.study_dir, margin=args.collapse_margin, figures=not args.no_figures)
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

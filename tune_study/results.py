@@ -28,29 +28,32 @@ def load_result_grid(experiment_path: str):
     return ResultGrid(ExperimentAnalysis(str(experiment_path)))
 
 
-def _trial_status(result_grid) -> dict:
+def _trials_by_id(result_grid) -> dict:
     analysis = getattr(result_grid, "_experiment_analysis", None)
-    return {t.trial_id: t.status for t in getattr(analysis, "trials", [])}
+    return {t.trial_id: t for t in getattr(analysis, "trials", None) or []}
 
 
 def build_frames(result_grid, study: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     epochs_planned = study["fixed"].get("epochs", 5)
     axes = list(study["axes"])
-    statuses = _trial_status(result_grid)
+    known = _trials_by_id(result_grid)
     rows, hist = [], []
     for result in result_grid:
-        cfg = result.config or {}
         m = result.metrics or {}
-        trial_id = m.get("trial_id") or Path(result.path).name
+        # Our trial folders end in "_<trial_id>"; a trial that never reported has no metrics yet.
+        trial_id = m.get("trial_id") or "_".join(Path(result.path).name.split("_")[-2:])
+        trial = known.get(trial_id)
+        cfg = result.config or (trial.config if trial is not None else {})
         axis_values = {k: cfg.get(k) for k in axes}
         df = result.metrics_dataframe
         if df is not None and len(df):
             df = df[[c for c in df.columns if c in HISTORY_KEEP or c == "test_reliability"]].copy()
             for k, v in axis_values.items():
-                df.insert(0, k, v)
+                if k not in df.columns:  # an axis named like a reported metric (lr): the metric stays
+                    df.insert(0, k, v)
             df.insert(0, "trial_id", trial_id)
             hist.append(df)
-        status = statuses.get(trial_id, "ERROR" if result.error else "TERMINATED")
+        status = trial.status if trial is not None else ("ERROR" if result.error else "TERMINATED")
         if result.error:
             status = "ERROR"
         epochs_run = int(m.get("epoch", 0) or 0)
@@ -70,6 +73,8 @@ def build_frames(result_grid, study: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
             "micro_batch_size": m.get("micro_batch_size"), "accumulation_steps": m.get("accumulation_steps"),
             "peak_mem_gib": m.get("peak_mem_gib"), "oom_halvings": m.get("oom_halvings"),
             "device": m.get("device"), "precision": m.get("precision"), "node_id": m.get("node_id"),
+            "n_train": m.get("n_train"), "n_val": m.get("n_val"), "n_test": m.get("n_test"),
+            "val_majority_rate": m.get("val_majority_rate"),
             **{k: cfg.get(k) for k in ("lr", "warmup_ratio", "weight_decay", "max_len") if k not in axes},
             "error": (str(result.error).splitlines()[0][:300] if result.error else ""),
             "trial_path": result.path,

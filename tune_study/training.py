@@ -235,6 +235,10 @@ def train(config: dict, report: Callable[[dict, str | None], object] | None = No
     train_split, val_split, test_split = ({k: v.to(device) for k, v in data[s].items()}
                                           for s in ("train", "val", "test"))
     n_train = len(train_split["labels"])
+    split_facts = {"n_train": n_train, "n_val": len(val_split["labels"]), "n_test": len(test_split["labels"]),
+                   # the accuracy of always answering the majority class: the report's "chance" line
+                   "val_majority_rate": max(float(val_split["labels"].float().mean()),
+                                            1 - float(val_split["labels"].float().mean()))}
     B = c["batch_size"]
     m = auto_micro_batch(c, device, precision) if c["micro_batch_size"] == "auto" else c["micro_batch_size"]
     steps_per_epoch = math.ceil(n_train / B)
@@ -329,7 +333,7 @@ def train(config: dict, report: Callable[[dict, str | None], object] | None = No
             "micro_batch_size": m, "accumulation_steps": math.ceil(B / m), "oom_halvings": progress["oom_halvings"],
             "precision": precision, "device": _device_name(device),
             "peak_mem_gib": (torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else math.nan),
-            "n_train": n_train, "resumed_from_epoch": resumed_from, "best_model_path": str(best_dir) if best_dir and best["epoch"] else "",
+            **split_facts, "resumed_from_epoch": resumed_from, "best_model_path": str(best_dir) if best_dir and best["epoch"] else "",
         }
         history.append(metrics)
         stop = False

@@ -126,6 +126,7 @@ def init_ray(address: str | None, dashboard_host: str, dashboard_port: int, num_
     if warning:
         print(warning)
     kw = {"num_cpus": num_cpus, "dashboard_host": dashboard_host, "dashboard_port": dashboard_port}
+    kw["address"] = "local"  # a new local instance, never a cluster someone else started here
     try:
         return ray.init(include_dashboard=True, **kw)
     except Exception as e:  # e.g. the 'default' extra (aiohttp_cors, opencensus) is not installed
@@ -133,7 +134,7 @@ def init_ray(address: str | None, dashboard_host: str, dashboard_port: int, num_
               "running without it. Install ray[default] for the dashboard.")
         if ray.is_initialized():
             ray.shutdown()
-        return ray.init(include_dashboard=False, num_cpus=num_cpus)
+        return ray.init(address="local", include_dashboard=False, num_cpus=num_cpus)
 
 
 def print_dashboard(ctx) -> None:
@@ -249,9 +250,13 @@ def run_study(study: dict, args, *, param_space: dict, search_alg=None, num_samp
         per_trial, conc, threads = resources_for(study, n_trials)
         if datasets is None:
             datasets = tokenize_for_study(study, representative_configs(study))
-        trainable_ = tune.with_resources(tune.with_parameters(trainable, datasets=datasets), per_trial)
-
         exp_path = f"{storage}/{EXPERIMENT}"
+        local_exp = None if "://" in exp_path else exp_path
+        if local_exp:
+            Path(local_exp).mkdir(parents=True, exist_ok=True)
+        trainable_ = tune.with_resources(
+            tune.with_parameters(trainable, datasets=datasets, experiment_dir=local_exp), per_trial)
+
         if args.resume and tune.Tuner.can_restore(exp_path):
             print(f"resuming {exp_path}")
             tuner = tune.Tuner.restore(exp_path, trainable_, resume_unfinished=True, resume_errored=True)

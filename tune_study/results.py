@@ -8,6 +8,7 @@ Built from ``ResultGrid`` (``metrics_dataframe`` per trial), never from hand-par
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -18,7 +19,7 @@ AXIS_ORDER = ["model", "batch_size", "scheduler", "seed"]
 HISTORY_KEEP = ["epoch", "train_loss", "val_loss", "val_acc", "lr", "optimizer_steps", "samples_seen",
                 "samples_per_s", "epoch_train_s", "best_epoch", "best_val_acc", "test_acc", "test_loss",
                 "test_ece", "test_confidence", "micro_batch_size", "accumulation_steps", "peak_mem_gib",
-                "time_total_s"]
+                "time_total_s", "resumed_from_epoch", "oom_halvings", "replayed", "from_checkpoint"]
 
 
 def load_result_grid(experiment_path: str):
@@ -33,6 +34,33 @@ def _trials_by_id(result_grid) -> dict:
     return {t.trial_id: t for t in getattr(analysis, "trials", None) or []}
 
 
+def _with_stored_epochs(df: pd.DataFrame | None, checkpoint) -> pd.DataFrame | None:
+    """Ray's result log of a trial, plus any epoch that the trial's latest checkpoint recorded but
+    the log lost (a line dropped when a trial crashed or the driver was killed)."""
+    if checkpoint is None:
+        return df
+    try:
+        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/history.json") as f:
+            stored = json.loads(f.read())
+    except Exception:  # an older or remote-unreadable checkpoint: keep what Ray logged
+        return df
+    have = set(df["epoch"]) if df is not None and "epoch" in df else set()
+    missing = [h for h in stored if h.get("epoch") not in have]
+    if not missing:
+        return df
+    extra = pd.DataFrame(missing).assign(from_checkpoint=True)
+    out = pd.concat([d for d in (df, extra) if d is not None and len(d)], ignore_index=True)
+    return out.sort_values("epoch", kind="stable").reset_index(drop=True)
+
+
+def _error_line(error) -> str:
+    """The exception line of a trial's error (Ray wraps it in a traceback), at most 300 chars."""
+    if not error:
+        return ""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    return next((ln for ln in reversed(lines) if "Error" in ln.split(":")[0]), lines[-1] if lines else "")[:300]
+
+
 def build_frames(result_grid, study: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     epochs_planned = study["fixed"].get("epochs", 5)
     axes = list(study["axes"])
@@ -45,7 +73,7 @@ def build_frames(result_grid, study: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
         trial = known.get(trial_id)
         cfg = result.config or (trial.config if trial is not None else {})
         axis_values = {k: cfg.get(k) for k in axes}
-        df = result.metrics_dataframe
+        df = _with_stored_epochs(result.metrics_dataframe, result.checkpoint)
         if df is not None and len(df):
             df = df[[c for c in df.columns if c in HISTORY_KEEP or c == "test_reliability"]].copy()
             for k, v in axis_values.items():
@@ -76,7 +104,7 @@ def build_frames(result_grid, study: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
             "n_train": m.get("n_train"), "n_val": m.get("n_val"), "n_test": m.get("n_test"),
             "val_majority_rate": m.get("val_majority_rate"),
             **{k: cfg.get(k) for k in ("lr", "warmup_ratio", "weight_decay", "max_len") if k not in axes},
-            "error": (str(result.error).splitlines()[0][:300] if result.error else ""),
+            "error": _error_line(result.error),
             "trial_path": result.path,
         })
     trials = pd.DataFrame(rows)

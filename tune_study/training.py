@@ -11,9 +11,11 @@ Ray Tune (``tune.report`` once per epoch, with a checkpoint of the full state).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -118,7 +120,9 @@ def accumulate_gradients(model, micro_batches: list[dict], autocast=None) -> tor
             logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits
         # Sum over this micro-batch, divided by the *window's* size: the micro-batches' gradients
         # then add up to the gradient of the window's mean, however unequal their sizes.
-        loss_sum = F.cross_entropy(logits.float(), mb["labels"], reduction="sum")
+        # fp32 loss under bf16 autocast; float64 stays float64 (the exactness tests run in it).
+        logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+        loss_sum = F.cross_entropy(logits, mb["labels"], reduction="sum")
         (loss_sum / n_total).backward()
         total = loss_sum.detach() if total is None else total + loss_sum.detach()
     return total / n_total
@@ -165,6 +169,22 @@ def save_state(path: str | Path, state: dict) -> None:
     tmp = path / (CHECKPOINT_FILE + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path / CHECKPOINT_FILE)
+    # The per-epoch metrics so far, small and readable without torch: exports use it to fill any
+    # result line Ray lost to a crash or a killed driver.
+    (path / "history.json").write_text(json.dumps(state.get("history", []), default=str))
+    # Written last: a checkpoint is complete when meta.json is there and state.pt has its size.
+    (path / "meta.json").write_text(json.dumps({"epoch": state["epoch"],
+                                               "bytes": (path / CHECKPOINT_FILE).stat().st_size}))
+
+
+def checkpoint_epoch(path: str | Path) -> int | None:
+    """The epoch a checkpoint holds, or None if it is partial (cheap: reads meta.json only)."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        return meta["epoch"] if (path / CHECKPOINT_FILE).stat().st_size == meta["bytes"] else None
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def load_state(path: str | Path) -> dict:
@@ -405,11 +425,14 @@ def auto_micro_batch(c: dict, device: torch.device, precision: str) -> int:
 
 # ----------------------------------------------------------------------------- Ray Tune
 
-def trainable(config: dict, datasets: dict | None = None) -> None:
+def trainable(config: dict, datasets: dict | None = None, experiment_dir: str | None = None) -> None:
     """The Tune trainable: one trial = one ``train`` call; reports and checkpoints once per epoch.
 
     ``datasets`` maps a tokenizer key to tokenized splits; the grid passes it with
     ``tune.with_parameters`` so the tensors travel once through the object store.
+    ``experiment_dir`` is the experiment's folder when storage is a local (or shared) filesystem:
+    trial folders are named like trials, so the trial's checkpoints and best model live in
+    ``experiment_dir/<trial name>``.
     """
     from ray import tune
 
@@ -426,10 +449,30 @@ def trainable(config: dict, datasets: dict | None = None) -> None:
     def report(metrics, ckpt_dir):
         tune.report({**metrics, "node_id": node}, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
 
+    ctx = tune.get_context()
+    local = experiment_dir is not None and Path(experiment_dir).is_dir()
+    trial_dir = Path(experiment_dir) / ctx.get_trial_name() if local else Path(ctx.get_trial_dir())
     checkpoint = tune.get_checkpoint()
-    trial_dir = tune.get_context().get_trial_dir()
-    if checkpoint is None:
-        train(config, report=report, data=data, output_dir=trial_dir)
-    else:
-        with checkpoint.as_directory() as d:
-            train(config, report=report, data=data, resume_from=d, output_dir=trial_dir)
+    with contextlib.ExitStack() as stack:
+        resume = Path(stack.enter_context(checkpoint.as_directory())) if checkpoint else None
+        known = checkpoint_epoch(resume) if resume else 0
+        # A driver killed between a trial's checkpoint and Tune's next experiment snapshot restarts
+        # that trial as if it had none (or an older one); a torn copy may also be what Tune hands us.
+        # The trial folder still holds every complete checkpoint: take the newest, and replay the
+        # epochs Tune lost (their real, stored metrics) so its history and ASHA's rungs stay whole.
+        on_disk = sorted(((e, d) for d in trial_dir.glob("checkpoint_*") if (e := checkpoint_epoch(d))),
+                         key=lambda x: x[0])
+        if on_disk and known is not None and on_disk[-1][0] > known:  # (None: Tune's is torn -> clear error)
+            epoch, newest = on_disk[-1]
+            lost = load_state(newest)["history"][known or 0:]
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tune_study_replay_")))
+            for m in lost[:-1]:
+                tune.report({**m, "node_id": node, "replayed": True})
+            shutil.copytree(newest, tmp / "ckpt")
+            tune.report({**lost[-1], "node_id": node, "replayed": True},
+                        checkpoint=tune.Checkpoint.from_directory(tmp / "ckpt"))
+            resume = newest
+        elif resume is None and any(trial_dir.glob("checkpoint_*")):
+            print(f"WARNING: {trial_dir}: no complete checkpoint (torn by an interrupted write); "
+                  "this trial starts again from epoch 0", flush=True)
+        train(config, report=report, data=data, resume_from=resume, output_dir=trial_dir)

@@ -1,0 +1,256 @@
+"""Faults: the driver SIGKILLed at three moments, a trial that crashes once, a corrupt checkpoint,
+and determinism. Studies run in a subprocess (its own Ray, in its own RAY_TMPDIR so every process it
+started can be found and stopped) and resume in this process."""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+import torch
+
+from tune_study import grid
+from tune_study.training import checkpoint_epoch, train
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "search_spaces" / "smoke.yaml"
+CRASH_FLAG = "TUNE_STUDY_TEST_CRASH_DIR"
+
+
+def _crash_once_hook():
+    """Ray worker setup hook (installed by this test module, not by product code): the first trial
+    to finish its first epoch's validation raises once, after its epoch-1 checkpoint exists."""
+    import tune_study.training as training
+
+    flag_dir = os.environ.get(CRASH_FLAG)
+    if not flag_dir or getattr(training, "_crash_hook_installed", False):
+        return
+    real_trainable = training.trainable
+
+    def trainable(config, **params):
+        from ray import tune
+
+        real_tune_report = tune.report
+
+        def report(metrics, checkpoint=None):
+            real_tune_report(metrics, checkpoint=checkpoint)
+            armed = os.path.exists(os.path.join(flag_dir, "armed"))
+            if armed and metrics["epoch"] == 1 and config["batch_size"] == 8 and config["scheduler"] == "constant":
+                try:  # exactly once across all processes
+                    os.close(os.open(os.path.join(flag_dir, "crashed"), os.O_CREAT | os.O_EXCL))
+                except FileExistsError:
+                    return
+                raise RuntimeError("injected crash after epoch 1")
+
+        tune.report = report
+        try:
+            return real_trainable(config, **params)
+        finally:
+            tune.report = real_tune_report
+
+    training.trainable = trainable
+    training._crash_hook_installed = True
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    import ray
+
+    import ray.cloudpickle
+
+    flag_dir = tmp_path_factory.mktemp("crash")
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    # Workers cannot import this test module: ship the hook by value.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    os.environ[CRASH_FLAG] = str(flag_dir)
+    ray.init(num_cpus=2, include_dashboard=False,
+             runtime_env={"worker_process_setup_hook": _crash_once_hook,
+                          "env_vars": {CRASH_FLAG: str(flag_dir)}})
+    try:
+        yield flag_dir
+    finally:
+        ray.shutdown()
+        os.environ.pop(CRASH_FLAG, None)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _ray_procs(marker: str) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(marker in part for part in (p.info["cmdline"] or [])):
+                out.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return out
+
+
+def _kill_tree(proc: subprocess.Popen, marker: str) -> None:
+    """SIGKILL the driver and everything it started (its children, and its Ray processes)."""
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+    for p in family + _ray_procs(marker):
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(family, timeout=20)
+
+
+def _start_study(results: Path, ray_tmp: str) -> subprocess.Popen:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": ray_tmp}
+    env.pop(CRASH_FLAG, None)
+    return subprocess.Popen([sys.executable, "-m", "tune_study.grid", "--space", str(SMOKE),
+                             "--results-dir", str(results), "--no-report"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def _checkpoint_epochs(study_dir: Path) -> dict[str, int]:
+    """Per trial folder: the latest epoch with a complete checkpoint on disk."""
+    out = {}
+    for trial in (study_dir / "tune").glob("tiny-bert_*"):
+        # complete checkpoints only: one torn by the kill is not a checkpoint
+        done = [e for c in trial.glob("checkpoint_*") if (e := checkpoint_epoch(c))]
+        if done:
+            out[trial.name.rsplit("_", 1)[-1]] = max(done)
+    return out
+
+
+MOMENTS = {
+    # the experiment exists, no trial has a checkpoint yet
+    "before_first_checkpoint": lambda d: (d / "tune").exists() and any((d / "tune").glob("tiny-bert_*")),
+    # at least one epoch checkpointed
+    "after_first_checkpoint": lambda d: len(_checkpoint_epochs(d)) >= 1,
+    # two trials have finished both epochs
+    "after_two_trials_finished": lambda d: sum(e == 2 for e in _checkpoint_epochs(d).values()) >= 2,
+}
+
+
+@pytest.mark.parametrize("moment", list(MOMENTS))
+def test_driver_killed_then_resumed(ray_cluster, tmp_path, moment):
+    ray_tmp = tempfile.mkdtemp(prefix="rk", dir="/tmp")  # short: Ray's socket paths have a length limit
+    results = tmp_path / "results"
+    study_dir = results / "smoke"
+    proc = _start_study(results, ray_tmp)
+    try:
+        deadline = time.time() + 240
+        while not MOMENTS[moment](study_dir):
+            assert proc.poll() is None, f"study ended (rc {proc.returncode}) before moment {moment}"
+            assert time.time() < deadline, f"moment {moment} never came"
+            time.sleep(0.05)
+    finally:
+        _kill_tree(proc, ray_tmp)
+    assert not _ray_procs(ray_tmp), "orphan Ray processes left behind"
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    had = _checkpoint_epochs(study_dir)
+
+    rc = grid.main(["--space", str(SMOKE), "--results-dir", str(results), "--resume", "--no-report"])
+    assert rc == 0
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    history = pd.read_parquet(study_dir / "history.parquet")
+    assert len(trials) == 4 and (trials.status == "TERMINATED").all()
+    assert set(zip(trials.batch_size, trials.scheduler)) == {(8, "constant"), (8, "linear"),
+                                                              (32, "constant"), (32, "linear")}
+    for t in trials.itertuples():
+        h = history[history.trial_id == t.trial_id].sort_values("epoch")
+        assert list(h.epoch) == list(range(1, t.epochs_run + 1)), "an epoch was run twice or lost"
+        assert t.optimizer_steps == t.epochs_run * math.ceil(240 / t.batch_size)
+        suffix = t.trial_id.rsplit("_", 1)[-1]
+        if suffix in had:
+            # A trial with a checkpoint went on from it: nothing after its checkpoint came from epoch 0.
+            later = h[h.epoch > had[suffix]]
+            assert (later.resumed_from_epoch >= had[suffix]).all()
+
+
+def test_trial_crash_is_retried_from_checkpoint(ray_cluster, tmp_path):
+    flag_dir = ray_cluster
+    (flag_dir / "armed").touch()
+    try:
+        rc = grid.main(["--space", str(SMOKE), "--results-dir", str(tmp_path), "--no-report"])
+    finally:
+        (flag_dir / "armed").unlink()
+    assert rc == 0
+    assert (flag_dir / "crashed").exists(), "the injected crash did not happen"
+    trials = pd.read_parquet(tmp_path / "smoke" / "trials.parquet")
+    history = pd.read_parquet(tmp_path / "smoke" / "history.parquet")
+    assert (trials.status == "TERMINATED").all()
+    crashed = trials[(trials.batch_size == 8) & (trials.scheduler == "constant")].iloc[0]
+    h = history[history.trial_id == crashed.trial_id].sort_values("epoch")
+    assert list(h.epoch) == [1, 2]
+    assert h.iloc[1].resumed_from_epoch == 1  # retried from its epoch-1 checkpoint, not from scratch
+
+
+def test_corrupt_checkpoint_gives_clear_error(ray_cluster, tmp_path):
+    ray_tmp = tempfile.mkdtemp(prefix="rk", dir="/tmp")
+    results = tmp_path / "results"
+    study_dir = results / "smoke"
+    proc = _start_study(results, ray_tmp)
+    try:
+        deadline = time.time() + 240
+        while not any((t / "result.json").exists() and "checkpoint_dir_name" in (t / "result.json").read_text()
+                      for t in (study_dir / "tune").glob("tiny-bert_*")):
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        time.sleep(0.5)
+    finally:
+        _kill_tree(proc, ray_tmp)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    def known_to_tune(t):  # Tune recorded a checkpoint for it (a result line naming one)
+        f = t / "result.json"
+        return f.exists() and "checkpoint_dir_name" in f.read_text()
+
+    unfinished = [t for t in (study_dir / "tune").glob("tiny-bert_*")
+                  if not any(checkpoint_epoch(c) == 2 for c in t.glob("checkpoint_*")) and known_to_tune(t)]
+    if not unfinished:
+        pytest.skip("every checkpointed trial had finished before the kill")
+    for t in unfinished:
+        for f in t.glob("checkpoint_*/state.pt"):
+            f.write_bytes(f.read_bytes()[:1000])  # torn write
+    rc = grid.main(["--space", str(SMOKE), "--results-dir", str(results), "--resume", "--no-report"])
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    bad = trials[trials.trial_path.map(lambda p: Path(p).name in {t.name for t in unfinished})]
+    assert rc == 1 and (bad.status == "ERROR").all()
+    assert bad.error.str.contains("corrupt").all()   # the reason, not a silent restart
+
+
+def test_same_seed_same_history():
+    data = _tiny_data()
+    cfg = {"model": "tiny-bert", "batch_size": 6, "micro_batch_size": 4, "epochs": 2, "max_len": 16,
+           "lr": 1e-3, "seed": 3, "precision": "fp32"}
+    timing = {"samples_per_s", "epoch_train_s", "train_time_s"}
+    runs = []
+    for _ in range(2):
+        hist = train(cfg, data=data)
+        runs.append([{k: v for k, v in h.items() if k not in timing} for h in hist])
+    assert runs[0] == runs[1]
+    other = train({**cfg, "seed": 4}, data=data)
+    assert other[-1]["train_loss"] != runs[0][-1]["train_loss"]
+
+
+def _tiny_data():
+    g = torch.Generator().manual_seed(0)
+
+    def split(n):
+        return {"input_ids": torch.randint(1000, 2000, (n, 16), generator=g, dtype=torch.int32),
+                "attention_mask": torch.ones(n, 16, dtype=torch.int8),
+                "labels": torch.arange(n) % 2}
+
+    return {"train": split(20), "val": split(6), "test": split(6)}

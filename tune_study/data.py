@@ -113,6 +113,7 @@ def _file(cfg: dict) -> tuple[pd.DataFrame, str]:
     readers = {".csv": pd.read_csv, ".tsv": lambda p: pd.read_csv(p, sep="\t"),
                ".parquet": pd.read_parquet, ".jsonl": lambda p: pd.read_json(p, lines=True),
                ".json": lambda p: pd.read_json(p, lines=True)}
+    readers.update({k + ".gz": v for k, v in readers.items() if k != ".parquet"})  # pandas unzips
     reader = readers.get(suffix.lower())
     if reader is None:
         raise StudyError(f"data.path: {path}: unsupported file type '{suffix}' (use .csv, .tsv, .parquet or .jsonl)")
@@ -150,7 +151,7 @@ def load_reviews(data: dict | None = None) -> pd.DataFrame:
     df, where = {"bundled": lambda c: _bundled(), "hub": _hub, "file": _file,
                  "aclimdb": _aclimdb}[cfg["source"]](cfg)
     df = df.dropna(subset=["text"])
-    df = df.assign(text=df["text"].map(clean_text), label=normalize_labels(df["label"], where))
+    df = df.assign(text=df["text"].map(clean_text).astype(str), label=normalize_labels(df["label"], where))
     df = df[df["text"].str.len() > 0]
     # No review may sit in two splits: drop exact duplicates, and texts that carry both labels.
     df = df.drop_duplicates(["text", "label"])
@@ -191,8 +192,11 @@ def _fingerprint(cfg: dict, tokenizer_id: str, max_len: int) -> str:
     stamp = None
     if src and Path(src).exists():
         p = Path(src)
-        files = [p] if p.is_file() else sorted(p.rglob("*.txt"))[:1] + [p]
-        stamp = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+        if p.is_file():
+            stamp = [str(p), p.stat().st_size, p.stat().st_mtime_ns]
+        else:  # an aclImdb tree: any added, removed or edited review changes the key
+            st = [f.stat() for f in p.rglob("*.txt")]
+            stamp = [str(p), len(st), sum(s.st_size for s in st), max((s.st_mtime_ns for s in st), default=0)]
     key = json.dumps({"v": CACHE_VERSION, "data": cfg, "tok": tokenizer_id, "max_len": max_len,
                       "stamp": stamp}, sort_keys=True, default=str)
     return hashlib.sha256(key.encode()).hexdigest()[:16]

@@ -1,0 +1,91 @@
+"""tune_study.metrics: expected calibration error and the t confidence interval, on hand-computed cases."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tune_study.metrics import calibration, t_interval
+
+
+def test_ece_hand_computed_five_bins():
+    # bins of width 0.2: (0,.2] (.2,.4] (.4,.6] (.6,.8] (.8,1]
+    probs = torch.tensor([
+        [0.95, 0.05],  # label 0: conf .95, correct   -> bin (.8, 1]
+        [0.10, 0.90],  # label 0: conf .90, wrong     -> bin (.8, 1]
+        [0.30, 0.70],  # label 1: conf .70, correct   -> bin (.6, .8]
+        [0.65, 0.35],  # label 1: conf .65, wrong     -> bin (.6, .8]
+        [0.45, 0.55],  # label 1: conf .55, correct   -> bin (.4, .6]
+        [0.58, 0.42],  # label 0: conf .58, correct   -> bin (.4, .6]
+    ], dtype=torch.float64)  # float64 so the hand numbers hold to 1e-12
+    labels = torch.tensor([0, 0, 1, 1, 1, 0])
+    out = calibration(probs, labels, n_bins=5)
+    # bin (.4,.6]: conf (.55+.58)/2 = .565, acc 1.0 -> |1 - .565| = .435
+    # bin (.6,.8]: conf (.70+.65)/2 = .675, acc 0.5 -> |.5 - .675| = .175
+    # bin (.8, 1]: conf (.95+.90)/2 = .925, acc 0.5 -> |.5 - .925| = .425
+    # ECE = 2/6 * (.435 + .175 + .425) = 1.035 / 3 = 0.345
+    assert out["ece"] == pytest.approx(0.345, abs=1e-12)
+    assert out["mean_confidence"] == pytest.approx(4.33 / 6, abs=1e-12)
+    assert out["accuracy"] == pytest.approx(4 / 6, abs=1e-12)
+    assert len(out["bins"]) == 3  # empty bins are not listed
+    for got, want in zip(out["bins"], [(0.4, 0.6, 2, 0.565, 1.0), (0.6, 0.8, 2, 0.675, 0.5),
+                                        (0.8, 1.0, 2, 0.925, 0.5)]):
+        assert got[2] == want[2]
+        assert got[0] == pytest.approx(want[0]) and got[1] == pytest.approx(want[1])
+        assert got[3] == pytest.approx(want[3], abs=1e-12) and got[4] == pytest.approx(want[4], abs=1e-12)
+
+
+def test_ece_perfectly_calibrated_is_zero():
+    # four predictions at confidence .75, three of them right: acc == conf in the one bin
+    probs = torch.tensor([[0.75, 0.25], [0.25, 0.75], [0.75, 0.25], [0.25, 0.75]])
+    labels = torch.tensor([0, 1, 0, 0])
+    out = calibration(probs, labels)
+    assert out["ece"] == pytest.approx(0.0, abs=1e-12)
+    assert out["accuracy"] == 0.75 and out["mean_confidence"] == pytest.approx(0.75)
+    assert [b[2] for b in out["bins"]] == [4]
+
+
+def test_ece_all_correct_overconfident_and_bin_edges():
+    # all correct: ECE = 1 - mean confidence; conf exactly 1.0 lands in the last bin (closed on the right)
+    probs = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.4], [0.3, 0.7]], dtype=torch.float32)
+    labels = torch.tensor([0, 1, 0, 1])
+    out = calibration(probs, labels, n_bins=10)
+    mean_conf = (1.0 + 1.0 + 0.6 + 0.7) / 4
+    assert out["ece"] == pytest.approx(1 - mean_conf, abs=1e-6)
+    assert sum(b[2] for b in out["bins"]) == 4
+    last = out["bins"][-1]
+    assert last[1] == pytest.approx(1.0) and last[2] == 2 and last[3] == pytest.approx(1.0)
+
+
+def test_ece_all_wrong():
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+    labels = torch.tensor([1, 0])
+    out = calibration(probs, labels)
+    assert out["accuracy"] == 0.0
+    assert out["ece"] == pytest.approx((0.9 + 0.8) / 2, abs=1e-7)
+
+
+def test_t_interval_known_numbers():
+    mean, half, n = t_interval([1, 2, 3, 4, 5])
+    # sd = sqrt(10/4) = 1.5811388; t_{0.975,4} = 2.7764451; 2.7764451 * 1.5811388 / sqrt(5) = 1.9632432
+    assert (mean, n) == (3.0, 5)
+    assert half == pytest.approx(1.963243, abs=1e-6)
+    # 90%: t_{0.95,4} = 2.1318468 -> 1.5074433
+    assert t_interval([1, 2, 3, 4, 5], confidence=0.90)[1] == pytest.approx(1.507443, abs=1e-6)
+
+
+def test_t_interval_two_values_and_nans():
+    # NaNs are dropped: [1, 3] -> mean 2, sd sqrt(2), t_{0.975,1} = 12.7062047 -> half = 12.7062047
+    mean, half, n = t_interval([1.0, float("nan"), 3.0])
+    assert (mean, n) == (2.0, 2)
+    assert half == pytest.approx(12.706205, abs=1e-6)
+
+
+def test_t_interval_degenerate():
+    mean, half, n = t_interval([4.5])
+    assert (mean, n) == (4.5, 1) and math.isnan(half)
+    mean, half, n = t_interval([])
+    assert n == 0 and math.isnan(mean) and math.isnan(half)
+    assert t_interval([float("nan")])[2] == 0
+    assert t_interval([2.0, 2.0, 2.0]) == (2.0, 0.0, 3)

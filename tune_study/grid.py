@@ -166,8 +166,9 @@ def resources_for(study: dict, n_trials: int):
         if conc == "auto":
             conc = None  # Ray packs by the GPU fractions below
         cpt = res["cpus_per_trial"]
-        if cpt == "auto":
-            cpt = max(1, cpus // max(1, int(gpus / (gpt or 1)))) if gpt else 1
+        if cpt == "auto":  # share the CPUs among as many trials as the GPUs can hold at once
+            smallest = min([gpt or 1, *(res.get("gpu_fraction") or {}).values()])
+            cpt = max(1, cpus // max(1, int(gpus / smallest)))
     else:
         gpt = 0
         if conc == "auto":

@@ -1291,6 +1291,9 @@ def _q_steps(sm, done, n_val, kind):
         s += "So the batch-size effect here is mostly one of fewer optimizer steps at a fixed learning rate."
     elif itself > fewer:
         s += "So larger batches are worse here even per optimizer step, not only for taking fewer steps."
+    elif per_step > max(fewer, itself):
+        s += ("So per example seen the batch sizes are level, and per optimizer step the larger batch is ahead: "
+              "within a fixed number of epochs a larger batch loses only by taking fewer steps, not by its size.")
     else:
         s += "Neither explanation dominates at this study's resolution."
     return ["- " + s] + L

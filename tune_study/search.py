@@ -27,7 +27,8 @@ import warnings
 from pathlib import Path
 
 from .errors import EXIT_BAD_INPUT, StudyError
-from .grid import parser as grid_parser, prepare_study_dir, run_study, study_paths
+from .grid import (check_study_dir, create_study_dir, parser as grid_parser, representative_configs,
+                   run_study, study_paths, tokenize_for_study)
 from .spaces import _axis_values, _err, load_space, read_yaml
 from .training import TRAIN_DEFAULTS, resolve_config
 
@@ -300,9 +301,14 @@ def main(argv=None) -> int:
         study = load_search_space(args.space)
         points = points_from_grid(args.from_grid, study) if args.from_grid else []
         study_dir, _ = study_paths(args.results_dir, study)
-        prepare_study_dir(study_dir, args.space, args.resume)
+        check_study_dir(study_dir, args.resume)
         if args.resume:  # the study's own copy decides what is being finished
             study = load_search_space(study_dir / "space.yaml")
+        # Load and tokenize before anything is written: bad data is an input error, not a crash.
+        datasets = tokenize_for_study(study, representative_configs(study))
+        if not args.resume:
+            create_study_dir(study_dir, args.space)
+        if args.resume:
             if args.from_grid:
                 print("--from-grid: note: a resumed search keeps its own searcher state; "
                       "the points only count if the search starts afresh")
@@ -318,7 +324,7 @@ def main(argv=None) -> int:
     try:
         return run_study(study, args, param_space=search_param_space(study),
                          search_alg=make_searcher(study, points), num_samples=study["num_samples"],
-                         kind="search")
+                         kind="search", datasets=datasets)
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -27,8 +27,10 @@ CRASH_FLAG = "TUNE_STUDY_TEST_CRASH_DIR"
 
 
 def _crash_once_hook():
-    """Ray worker setup hook (installed by this test module, not by product code): the first trial
-    to finish its first epoch's validation raises once, after its epoch-1 checkpoint exists."""
+    """Ray worker setup hook (installed by this test module, not by product code). While the file
+    ``armed`` exists in the flag folder, the first batch-8 constant trial raises once right after its
+    epoch-1 report (its checkpoint exists); if ``armed`` says "corrupt", it first tears that
+    checkpoint's state.pt, as a crash in mid-write would."""
     import tune_study.training as training
 
     flag_dir = os.environ.get(CRASH_FLAG)
@@ -43,12 +45,20 @@ def _crash_once_hook():
 
         def report(metrics, checkpoint=None):
             real_tune_report(metrics, checkpoint=checkpoint)
-            armed = os.path.exists(os.path.join(flag_dir, "armed"))
-            if armed and metrics["epoch"] == 1 and config["batch_size"] == 8 and config["scheduler"] == "constant":
+            armed = os.path.join(flag_dir, "armed")
+            if os.path.exists(armed) and metrics["epoch"] == 1 and config["batch_size"] == 8 \
+                    and config["scheduler"] == "constant":
                 try:  # exactly once across all processes
                     os.close(os.open(os.path.join(flag_dir, "crashed"), os.O_CREAT | os.O_EXCL))
                 except FileExistsError:
                     return
+                if open(armed).read() == "corrupt":
+                    trial = os.path.join(params["experiment_dir"], tune.get_context().get_trial_name())
+                    for name in os.listdir(trial):
+                        f = os.path.join(trial, name, "state.pt")
+                        if name.startswith("checkpoint_") and os.path.exists(f):
+                            with open(f, "r+b") as fh:
+                                fh.truncate(1000)
                 raise RuntimeError("injected crash after epoch 1")
 
         tune.report = report
@@ -182,7 +192,8 @@ def test_driver_killed_then_resumed(ray_cluster, tmp_path, moment):
 
 def test_trial_crash_is_retried_from_checkpoint(ray_cluster, tmp_path):
     flag_dir = ray_cluster
-    (flag_dir / "armed").touch()
+    (flag_dir / "crashed").unlink(missing_ok=True)
+    (flag_dir / "armed").write_text("crash")
     try:
         rc = grid.main(["--space", str(SMOKE), "--results-dir", str(tmp_path), "--no-report"])
     finally:
@@ -199,36 +210,23 @@ def test_trial_crash_is_retried_from_checkpoint(ray_cluster, tmp_path):
 
 
 def test_corrupt_checkpoint_gives_clear_error(ray_cluster, tmp_path):
-    ray_tmp = tempfile.mkdtemp(prefix="rk", dir="/tmp")
-    results = tmp_path / "results"
-    study_dir = results / "smoke"
-    proc = _start_study(results, ray_tmp)
+    """A trial crashes and its checkpoint is torn: the retry stops with a clear "corrupt" error
+    instead of silently starting the trial over."""
+    flag_dir = ray_cluster
+    (flag_dir / "crashed").unlink(missing_ok=True)
+    (flag_dir / "armed").write_text("corrupt")
     try:
-        deadline = time.time() + 240
-        while not any((t / "result.json").exists() and "checkpoint_dir_name" in (t / "result.json").read_text()
-                      for t in (study_dir / "tune").glob("tiny-bert_*")):
-            assert proc.poll() is None and time.time() < deadline
-            time.sleep(0.05)
-        time.sleep(0.5)
+        rc = grid.main(["--space", str(SMOKE), "--results-dir", str(tmp_path), "--no-report"])
     finally:
-        _kill_tree(proc, ray_tmp)
-    shutil.rmtree(ray_tmp, ignore_errors=True)
-    def known_to_tune(t):  # Tune recorded a checkpoint for it (a result line naming one)
-        f = t / "result.json"
-        return f.exists() and "checkpoint_dir_name" in f.read_text()
-
-    unfinished = [t for t in (study_dir / "tune").glob("tiny-bert_*")
-                  if not any(checkpoint_epoch(c) == 2 for c in t.glob("checkpoint_*")) and known_to_tune(t)]
-    if not unfinished:
-        pytest.skip("every checkpointed trial had finished before the kill")
-    for t in unfinished:
-        for f in t.glob("checkpoint_*/state.pt"):
-            f.write_bytes(f.read_bytes()[:1000])  # torn write
-    rc = grid.main(["--space", str(SMOKE), "--results-dir", str(results), "--resume", "--no-report"])
-    trials = pd.read_parquet(study_dir / "trials.parquet")
-    bad = trials[trials.trial_path.map(lambda p: Path(p).name in {t.name for t in unfinished})]
-    assert rc == 1 and (bad.status == "ERROR").all()
-    assert bad.error.str.contains("corrupt").all()   # the reason, not a silent restart
+        (flag_dir / "armed").unlink()
+    assert (flag_dir / "crashed").exists()
+    trials = pd.read_parquet(tmp_path / "smoke" / "trials.parquet")
+    bad = trials[(trials.batch_size == 8) & (trials.scheduler == "constant")]
+    others = trials.drop(bad.index)
+    assert rc == 1 and (bad.status == "ERROR").all() and (others.status == "TERMINATED").all()
+    assert bad.error.str.contains("corrupt").all(), bad.error.tolist()
+    history = pd.read_parquet(tmp_path / "smoke" / "history.parquet")
+    assert list(history[history.trial_id == bad.trial_id.iloc[0]].epoch) == [1]  # no restart from 0
 
 
 def test_same_seed_same_history():

@@ -1292,8 +1292,10 @@ def _q_steps(sm, done, n_val, kind):
     elif itself > fewer:
         s += "So larger batches are worse here even per optimizer step, not only for taking fewer steps."
     elif per_step > max(fewer, itself):
-        s += ("So per example seen the batch sizes are level, and per optimizer step the larger batch is ahead: "
-              "within a fixed number of epochs a larger batch loses only by taking fewer steps, not by its size.")
+        s += ("So neighbouring batch sizes are within noise of each other per example seen, while per optimizer "
+              "step the larger batch is ahead: within a fixed number of epochs the larger batches fall behind "
+              "mainly by taking fewer steps, not by their size. (Only neighbouring batch sizes are compared; "
+              "small steps can add up across the whole axis.)")
     else:
         s += "Neither explanation dominates at this study's resolution."
     return ["- " + s] + L

@@ -41,8 +41,8 @@ def parser(prog: str = "python -m tune_study.grid", default_space: str = "search
                    help="join an existing Ray cluster (e.g. 'auto' or 'ray://host:10001') instead of starting "
                         "a local one; its dashboard is used")
     p.add_argument("--dashboard-host", default="127.0.0.1",
-                   help="interface the local Ray dashboard binds to (default 127.0.0.1; 0.0.0.0 exposes it "
-                        "to the network and prints a warning)")
+                   help="interface the local Ray dashboard binds to (default 127.0.0.1; binding to every "
+                        "interface exposes it to the network and prints a warning)")
     p.add_argument("--dashboard-port", type=int, default=8265, help="local dashboard port (default 8265)")
     p.add_argument("--num-cpus", type=int, default=None,
                    help="CPUs the local Ray instance may use (default: all)")

@@ -98,13 +98,6 @@ def create_study_dir(study_dir: Path, space_path: str | Path) -> None:
         raise StudyError(f"--results-dir: cannot write to {study_dir}: {e.strerror or e}") from e
 
 
-def prepare_study_dir(study_dir: Path, space_path: str, resume: bool) -> None:
-    """check_study_dir, then create the folder with a copy of the study file (not on resume)."""
-    check_study_dir(study_dir, resume)
-    if not resume:
-        create_study_dir(study_dir, space_path)
-
-
 # ----------------------------------------------------------------------------- Ray
 
 def dashboard_warning(host: str) -> str | None:

@@ -219,8 +219,8 @@ def _n_test(trials: pd.DataFrame) -> int | None:
 
 
 def data_facts(study: dict, trials: pd.DataFrame) -> dict:
-    """Majority-class rate on val (from the tokenized-data cache when it is there, else 0.5 for a
-    stratified split of balanced IMDB), n_val and n_test."""
+    """Majority-class rate on val, n_val and n_test, as the trials reported them; without those
+    columns (an export from before they existed), 0.5 for a stratified split of balanced IMDB."""
     facts = {"majority": 0.5, "majority_source": "assumed: a stratified split of balanced IMDB",
              "n_test": _n_test(trials), "n_val": None}
     if "val_majority_rate" in trials and trials["val_majority_rate"].notna().any():
@@ -228,31 +228,6 @@ def data_facts(study: dict, trials: pd.DataFrame) -> dict:
                      majority_source="measured on the val split",
                      n_val=int(trials["n_val"].dropna().iloc[0]),
                      n_test=int(trials["n_test"].dropna().iloc[0]))
-        return facts
-    try:
-        import torch
-
-        from .data import _fingerprint, cache_dir, data_config
-        from .models import tokenizer_id
-        from .training import TRAIN_DEFAULTS
-
-        cfg = data_config(study.get("fixed", {}).get("data"))
-        models = [m for m in pd.unique(trials["model"]) if isinstance(m, str)] if "model" in trials else []
-        lens = ([int(x) for x in pd.unique(trials["max_len"].dropna())] if "max_len" in trials
-                else [study.get("fixed", {}).get("max_len", TRAIN_DEFAULTS["max_len"])])
-        for m in models:
-            for L in lens:
-                p = cache_dir() / f"tokens-{_fingerprint(cfg, tokenizer_id(m), L)}.pt"
-                if p.exists():
-                    tok = torch.load(p, weights_only=True)
-                    val = tok["val"]["labels"].double()
-                    rate = float(val.mean())
-                    facts.update(majority=max(rate, 1 - rate), n_val=len(val),
-                                 majority_source="measured on the val split (tokenized-data cache)")
-                    facts["n_test"] = facts["n_test"] or len(tok["test"]["labels"])
-                    return facts
-    except Exception:
-        pass
     return facts
 
 

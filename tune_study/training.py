@@ -464,7 +464,7 @@ def trainable(config: dict, datasets: dict | None = None, experiment_dir: str | 
                          key=lambda x: x[0])
         if on_disk and known is not None and on_disk[-1][0] > known:  # (None: Tune's is torn -> clear error)
             epoch, newest = on_disk[-1]
-            lost = load_state(newest)["history"][known or 0:]
+            lost = json.loads((newest / "history.json").read_text())[known:]  # not the 100s-of-MB state
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tune_study_replay_")))
             for m in lost[:-1]:
                 tune.report({**m, "node_id": node, "replayed": True})

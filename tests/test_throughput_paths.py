@@ -30,6 +30,9 @@ def test_oom_halves_micro_batch_and_keeps_the_update(monkeypatch, tmp_path):
 
     def tight_memory(model, micro_batches, autocast=None):
         if max(len(mb["labels"]) for mb in micro_batches) > 4:
+            # Fail the way a real OOM does: after part of the work, its dropout draws and
+            # gradients, which the retry must neither keep nor let shift the RNG.
+            real(model, micro_batches[:1], autocast)
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(model, micro_batches, autocast)
 

@@ -3,6 +3,7 @@
     python -m tune_study.bench                       # CPU: tiny-bert; GPU: bert-base-random, roberta-base-random
     python -m tune_study.bench --models bert-base-random --batch-sizes 16 256 1024
     python -m tune_study.bench --concurrent 4        # + 4 batch-16 trials sharing the device
+    python -m tune_study.bench --compile 16 256      # + torch.compile at batch 16 and 256 (GPU)
     python -m tune_study.bench --check-bf16 300      # + bf16 vs fp32 loss over 300 steps
 
 "ours" is ``training.train`` itself (one warm-up epoch, one timed epoch, synthetic tokens): the
@@ -14,6 +15,7 @@ Writes bench.md and bench.csv to --out and prints the table.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import multiprocessing as mp
 import os
@@ -54,16 +56,31 @@ def matmul_peak() -> float:
     return 20 * 2 * 8192**3 / (time.perf_counter() - t)
 
 
-def ours(model: str, batch: int, micro, max_len: int, steps: int, precision: str, compile_: bool = False) -> dict:
+MIN_TIMED_SAMPLES = 2048  # a timed epoch shorter than this is mostly noise at batch 16
+
+
+def timed_steps(batch: int, steps: int) -> int:
+    return max(steps, math.ceil(MIN_TIMED_SAMPLES / batch))
+
+
+def ours(model: str, batch: int, micro, max_len: int, steps: int, precision: str, compile_: bool = False,
+         barrier=None) -> dict:
+    """``training.train`` for two epochs on synthetic tokens; epoch 2 is the timed one. With a
+    ``barrier`` (concurrent trials), every process starts its timed epoch at the same moment."""
     from .models import load_model
     from .training import train
 
-    n = batch * steps
+    n = batch * timed_steps(batch, steps)
     data = {"train": synthetic(n, max_len), "val": synthetic(8, max_len, seed=1), "test": synthetic(8, max_len, seed=2)}
     cfg = {"model": model, "batch_size": batch, "micro_batch_size": micro, "max_len": max_len, "epochs": 2,
            "precision": precision, "compile": compile_, "lr": 5e-5}
+
+    def start_together(metrics, ckpt):  # after the warm-up epoch only; returns None: never stops
+        if metrics["epoch"] == 1:
+            barrier.wait(timeout=600)
+
     t0 = time.perf_counter()
-    hist = train(cfg, data=data)
+    hist = train(cfg, data=data, report=start_together if barrier else None)
     m = hist[-1]  # epoch 2: warm (allocator, kernels, compile) and timed alone
     fps = flops_per_sample(load_model(model, attn_implementation=None), max_len)
     return {"model": model, "case": "tune_study" + (" compiled" if compile_ else ""), "batch": batch,
@@ -72,8 +89,11 @@ def ours(model: str, batch: int, micro, max_len: int, steps: int, precision: str
             "wall_s": time.perf_counter() - t0, "device": m["device"]}
 
 
-def hf_trainer(model: str, batch: int, max_len: int, steps: int, warm: int = 3) -> dict:
-    """The seed's way with transformers: Trainer at micro 16 x accumulation, bf16 on a GPU."""
+def hf_trainer(model: str, batch: int, max_len: int, steps: int) -> dict:
+    """The seed's way with transformers: Trainer at micro 16 x accumulation, bf16 on a GPU.
+
+    Its rate does not depend on the effective batch (micro-batch 16 either way), so at large batches
+    it is timed over fewer optimizer steps: about 2,048 to 4,096 samples, after 1 to 3 warm-up steps."""
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from .models import load_model
@@ -81,6 +101,8 @@ def hf_trainer(model: str, batch: int, max_len: int, steps: int, warm: int = 3) 
     cuda = torch.cuda.is_available()
     micro = min(16, batch)
     accum = math.ceil(batch / micro)
+    steps = max(2, math.ceil(max(MIN_TIMED_SAMPLES, min(steps * batch, 2 * MIN_TIMED_SAMPLES)) / batch))
+    warm = 3 if batch <= 256 else 1
     torch.manual_seed(0)
     net = load_model(model)
     data = synthetic(micro * accum * (steps + warm), max_len)
@@ -125,24 +147,38 @@ def hf_trainer(model: str, batch: int, max_len: int, steps: int, warm: int = 3) 
 
 
 def _worker(args):
-    model, batch, max_len, steps, precision, q = args
-    q.put(ours(model, batch, batch, max_len, steps, precision)["samples_per_s"])
+    model, batch, max_len, steps, precision, compile_, barrier, q = args
+    try:
+        q.put(ours(model, batch, batch, max_len, steps, precision, compile_, barrier=barrier))
+    except BaseException as e:  # the parent must not wait forever on a worker that died
+        barrier.abort()
+        q.put({"error": f"{type(e).__name__}: {e}"})
 
 
-def concurrent(model: str, k: int, batch: int, max_len: int, steps: int, precision: str) -> dict:
-    """k processes, each training one batch-``batch`` trial on the same device at once (packing)."""
+def concurrent(model: str, k: int, batch: int, max_len: int, steps: int, precision: str,
+               compile_: bool = False) -> dict:
+    """k processes, each training one batch-``batch`` trial on the same device at once (packing).
+
+    The processes wait for each other after their warm-up epoch, so the timed epochs overlap; the
+    row's rate is the sum of theirs."""
     ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=((model, batch, max_len, steps, precision, q),)) for _ in range(k)]
+    q, barrier = ctx.Queue(), ctx.Barrier(k)
+    procs = [ctx.Process(target=_worker, args=((model, batch, max_len, steps, precision, compile_, barrier, q),))
+             for _ in range(k)]
     t0 = time.perf_counter()
     for p in procs:
         p.start()
-    rates = [q.get() for _ in procs]
+    rows = [q.get() for _ in procs]
     for p in procs:
         p.join()
-    return {"model": model, "case": f"{k} trials sharing the device", "batch": batch, "micro": batch, "accum": 1,
-            "precision": precision, "samples_per_s": sum(rates), "flops_per_sample": math.nan,
-            "peak_gib": math.nan, "wall_s": time.perf_counter() - t0, "device": ""}
+    errors = [r["error"] for r in rows if "error" in r]
+    if errors:
+        raise RuntimeError(f"concurrent trials failed: {errors[0]}")
+    return {"model": model, "case": f"{k} trials sharing the device" + (" compiled" if compile_ else ""),
+            "batch": batch, "micro": rows[0]["micro"], "accum": rows[0]["accum"], "precision": rows[0]["precision"],
+            "samples_per_s": sum(r["samples_per_s"] for r in rows), "flops_per_sample": rows[0]["flops_per_sample"],
+            "peak_gib": max(r["peak_gib"] for r in rows), "wall_s": time.perf_counter() - t0,
+            "device": rows[0]["device"]}
 
 
 def check_bf16(model: str, steps: int, max_len: int, batch: int = 32) -> dict:
@@ -173,7 +209,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20, help="timed optimizer steps per case")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--no-baseline", action="store_true", help="skip the HF Trainer baseline")
-    p.add_argument("--compile", action="store_true", help="also time ours under torch.compile")
+    p.add_argument("--compile", nargs="*", type=int, default=None, metavar="BATCH",
+                   help="also time ours under torch.compile (GPU), at the given batch sizes (default: all)")
     p.add_argument("--concurrent", type=int, default=0, help="also time K batch-16 trials sharing the device")
     p.add_argument("--check-bf16", type=int, default=0, metavar="STEPS", help="also compare bf16 and fp32 loss")
     p.add_argument("--out", default=None, help="folder for bench.md / bench.csv (default results/bench/<device>)")
@@ -188,24 +225,46 @@ def main(argv=None) -> int:
     print(f"device: {device}; torch {torch.__version__}; bf16 matmul peak "
           f"{peak / 1e12:.0f} TFLOP/s" if cuda else f"device: {device}; torch {torch.__version__}", flush=True)
     rows = []
+
+    def case(label, fn, *a, **kw):
+        # One failing case (a compile error, an OOM) is a row saying so, not a lost table.
+        try:
+            rows.append(fn(*a, **kw))
+        except Exception as e:
+            rows.append({"model": a[0], "case": label, "batch": a[1] if fn is not concurrent else 16,
+                         "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"})
+        print(rows[-1], flush=True)
+
+    def compiled(b):
+        return args.compile is not None and cuda and (not args.compile or b in args.compile)
+
     for model in args.models:
         for b in args.batch_sizes:
-            rows.append(ours(model, b, micro if micro == "auto" else min(micro, b), args.max_len, args.steps, args.precision))
-            print(rows[-1], flush=True)
-            if args.compile and cuda:
-                rows.append(ours(model, b, micro, args.max_len, args.steps, args.precision, compile_=True))
+            case("tune_study", ours, model, b, micro if micro == "auto" else min(micro, b), args.max_len,
+                 args.steps, args.precision)
+            if compiled(b):
+                case("tune_study compiled", ours, model, b, micro if micro == "auto" else min(micro, b),
+                     args.max_len, args.steps, args.precision, compile_=True)
             if not args.no_baseline:
-                rows.append(hf_trainer(model, b, args.max_len, args.steps))
-                print(rows[-1], flush=True)
+                case("HF Trainer", hf_trainer, model, b, args.max_len, args.steps)
         if args.concurrent:
-            rows.append(concurrent(model, args.concurrent, 16, args.max_len, args.steps, args.precision))
+            case(f"{args.concurrent} trials sharing the device", concurrent, model, args.concurrent, 16,
+                 args.max_len, args.steps, args.precision)
+            if compiled(16):
+                case(f"{args.concurrent} trials sharing the device compiled", concurrent, model, args.concurrent,
+                     16, args.max_len, args.steps, args.precision, True)
     df = pd.DataFrame(rows)
+    for col in ("micro", "accum", "precision", "samples_per_s", "flops_per_sample", "peak_gib", "wall_s", "error"):
+        if col not in df:
+            df[col] = math.nan
     df["mfu"] = df["samples_per_s"] * df["flops_per_sample"] / peak
     base = df[df.case == "HF Trainer"].set_index(["model", "batch"])["samples_per_s"]
-    df["x_vs_trainer"] = [r.samples_per_s / base.get((r.model, r.batch), math.nan) if r.case.startswith("tune_study")
+    df["x_vs_trainer"] = [r.samples_per_s / base.get((r.model, r.batch), math.nan) if r.case != "HF Trainer"
                           else math.nan for r in df.itertuples()]
     cols = ["model", "case", "batch", "micro", "accum", "precision", "samples_per_s", "x_vs_trainer", "mfu",
             "peak_gib", "wall_s"]
+    if df["error"].notna().any():
+        cols.append("error")
     table = df[cols].to_markdown(index=False, floatfmt=".3g") if _has_tabulate() else df[cols].to_string(index=False)
     out = Path(args.out or Path("results") / "bench" / device.replace(" ", "_").lower())
     out.mkdir(parents=True, exist_ok=True)
@@ -213,13 +272,14 @@ def main(argv=None) -> int:
     text = f"# tune_study bench\n\ndevice: {device}, torch {torch.__version__}, max_len {args.max_len}\n\n{table}\n"
     if args.check_bf16:
         c = check_bf16(args.models[0], args.check_bf16, args.max_len)
-        text += (f"\nbf16 vs fp32 over {c['steps']} steps: final train loss {c['bf16_final']:.4f} vs "
-                 f"{c['fp32_final']:.4f}; largest per-epoch gap {c['max_gap']:.4f} (tolerance 0.05: "
-                 f"{'ok' if c['max_gap'] <= 0.05 else 'EXCEEDED'})\n")
+        text += (f"\nbf16 vs fp32 ({args.models[0]}, {c['steps']} optimizer steps at batch 32): final train loss "
+                 f"{c['bf16_final']:.4f} vs {c['fp32_final']:.4f}; largest per-epoch gap {c['max_gap']:.4f} "
+                 f"(tolerance 0.05: {'ok' if c['max_gap'] <= 0.05 else 'EXCEEDED'})\n")
+        (out / "bf16_check.json").write_text(json.dumps({"model": args.models[0], "device": device, **c}, indent=1))
     (out / "bench.md").write_text(text)
     print("\n" + text)
     print(f"wrote {out / 'bench.md'} and {out / 'bench.csv'}")
-    return 0
+    return 1 if df["error"].notna().any() else 0
 
 
 def _has_tabulate() -> bool:

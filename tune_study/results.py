@@ -2,7 +2,8 @@
 
   trials   one row per trial: config axes, status, stopped early?, epochs run, optimizer steps,
            samples seen, best-val epoch / acc / loss, test acc / loss / calibration of the best-val
-           weights, samples/s, wall time, best model path, micro-batch, accumulation, device
+           weights, samples/s, wall time, best model path, micro-batch, accumulation, OOM halvings,
+           peak GPU memory, device and the trial's share of a GPU
   history  one row per trial x epoch with everything the trial reported
 Built from ``ResultGrid`` (``metrics_dataframe`` per trial), never from hand-parsed files.
 """
@@ -19,7 +20,7 @@ AXIS_ORDER = ["model", "batch_size", "scheduler", "seed"]
 HISTORY_KEEP = ["epoch", "train_loss", "val_loss", "val_acc", "lr", "optimizer_steps", "samples_seen",
                 "samples_per_s", "epoch_train_s", "best_epoch", "best_val_acc", "test_acc", "test_loss",
                 "test_ece", "test_confidence", "micro_batch_size", "accumulation_steps", "peak_mem_gib",
-                "time_total_s", "resumed_from_epoch", "oom_halvings", "replayed", "from_checkpoint"]
+                "time_total_s", "time_this_iter_s", "resumed_from_epoch", "oom_halvings", "replayed", "from_checkpoint"]
 
 
 def load_result_grid(experiment_path: str):
@@ -100,7 +101,8 @@ def build_frames(result_grid, study: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
             "wall_time_s": m.get("time_total_s"), "best_model_path": m.get("best_model_path"),
             "micro_batch_size": m.get("micro_batch_size"), "accumulation_steps": m.get("accumulation_steps"),
             "peak_mem_gib": m.get("peak_mem_gib"), "oom_halvings": m.get("oom_halvings"),
-            "device": m.get("device"), "precision": m.get("precision"), "node_id": m.get("node_id"),
+            "device": m.get("device"), "gpu_share": m.get("gpu_share"), "precision": m.get("precision"),
+            "node_id": m.get("node_id"),
             "n_train": m.get("n_train"), "n_val": m.get("n_val"), "n_test": m.get("n_test"),
             "val_majority_rate": m.get("val_majority_rate"),
             **{k: cfg.get(k) for k in ("lr", "warmup_ratio", "weight_decay", "max_len") if k not in axes},

@@ -229,18 +229,20 @@ def pick_device(name: str) -> torch.device:
 
 def train(config: dict, report: Callable[[dict, str | None], object] | None = None,
           data: dict | None = None, resume_from: str | Path | None = None,
-          output_dir: str | Path | None = None) -> list[dict]:
+          output_dir: str | Path | None = None, memory_cap: float | None = None) -> list[dict]:
     """Fine-tune one config; returns the per-epoch metrics (also passed to ``report``).
 
     ``report(metrics, checkpoint_dir)`` is called once per epoch, with a directory holding the full
     state of that epoch (valid only during the call). A truthy return value stops training.
     ``data`` is ``load_tokenized``'s result (loaded, and cached, when None). ``resume_from`` is a
     checkpoint directory. ``output_dir`` receives ``best_model/`` (``save_pretrained``).
+    ``memory_cap`` is the share of the GPU's memory this process may use (``cap_gpu_memory``); the
+    micro-batch probe fits under it.
     """
     from transformers import get_scheduler, set_seed
 
     from .data import load_tokenized
-    from .models import load_model, load_tokenizer
+    from .models import load_model
 
     c = resolve_config(config)
     if c["threads"]:
@@ -260,7 +262,8 @@ def train(config: dict, report: Callable[[dict, str | None], object] | None = No
                    "val_majority_rate": max(float(val_split["labels"].float().mean()),
                                             1 - float(val_split["labels"].float().mean()))}
     B = c["batch_size"]
-    m = auto_micro_batch(c, device, precision) if c["micro_batch_size"] == "auto" else c["micro_batch_size"]
+    m = (auto_micro_batch(c, device, precision, memory_cap) if c["micro_batch_size"] == "auto"
+         else c["micro_batch_size"])
     steps_per_epoch = math.ceil(n_train / B)
     total_steps = steps_per_epoch * c["epochs"]
 
@@ -303,18 +306,27 @@ def train(config: dict, report: Callable[[dict, str | None], object] | None = No
             window = order[step * B:(step + 1) * B]          # the last window takes the remainder
             while True:
                 micro = [_batch(train_split, window[i:i + m]) for i in range(0, len(window), m)]
+                # The dropout RNG as it was before this window: a retry after an OOM draws the same
+                # masks as an uninterrupted run (the CUDA generator's state lives on the host: no sync).
+                rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
                 try:
                     loss = accumulate_gradients(step_model, micro, autocast)
                     break
                 except torch.cuda.OutOfMemoryError:
                     if m == 1:
                         raise
-                    # Same window, same order, same effective batch: only the micro-batch shrinks.
-                    optimizer.zero_grad(set_to_none=True)
+                # Out of the except block: the failed attempt's activations are free by now.
+                # Same window, same order, same effective batch: only the micro-batch shrinks.
+                del micro
+                optimizer.zero_grad(set_to_none=True)
+                if device.type == "cuda":
                     torch.cuda.empty_cache()
-                    m //= 2
-                    progress["oom_halvings"] += 1
-                    print(f"CUDA out of memory: micro_batch_size halved to {m}", flush=True)
+                    torch.cuda.set_rng_state(rng, device)
+                else:
+                    torch.set_rng_state(rng)
+                m //= 2
+                progress["oom_halvings"] += 1
+                print(f"CUDA out of memory: micro_batch_size halved to {m} (batch_size stays {B})", flush=True)
             if c["max_grad_norm"]:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), c["max_grad_norm"])
             optimizer.step()
@@ -339,7 +351,7 @@ def train(config: dict, report: Callable[[dict, str | None], object] | None = No
                     "test_reliability": _bins_json(cal["bins"])}
             if best_dir is not None:
                 model.save_pretrained(best_dir)
-                load_tokenizer(c["model"]).save_pretrained(best_dir)
+                _save_tokenizer(c["model"], best_dir)
 
         metrics = {
             "epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"], "val_acc": val["acc"],
@@ -369,6 +381,19 @@ def train(config: dict, report: Callable[[dict, str | None], object] | None = No
     return history
 
 
+def _save_tokenizer(model_name: str, best_dir: Path) -> None:
+    """The tokenizer next to the best model. Random-weight models borrow the bundled one; a host
+    without that package (the GPU box) keeps the weights and says so, instead of failing the trial."""
+    from .models import RANDOM, load_tokenizer
+
+    try:
+        load_tokenizer(model_name).save_pretrained(best_dir)
+    except ImportError as e:
+        if model_name not in RANDOM:
+            raise
+        print(f"WARNING: {best_dir}: saved without a tokenizer ({e})", flush=True)
+
+
 def _bins_json(bins) -> str:
     import json
 
@@ -384,42 +409,66 @@ def _device_name(device: torch.device) -> str:
 
 # ----------------------------------------------------------------------------- micro-batch probe
 
-def auto_micro_batch(c: dict, device: torch.device, precision: str) -> int:
-    """The largest power of two <= batch_size whose real training step fits, cached per
-    (model, max_len, precision, device). On CPU memory is not the limit: 16 (measured best)."""
+def cap_gpu_memory(fraction: float, device: torch.device | None = None) -> float | None:
+    """Cap this process's CUDA allocator at its share of the card (a trial holding 0.25 of a GPU gets
+    ~0.25 of its memory), so packed trials cannot starve each other: a trial that outgrows its share
+    hits an OOM, which halves its micro-batch, instead of taking memory a neighbour was promised.
+    Returns the fraction set (5% is left for the CUDA contexts), or None for a whole or no GPU."""
+    if not (0 < fraction < 1) or not torch.cuda.is_available():
+        return None
+    cap = round(fraction * 0.95, 4)
+    torch.cuda.set_per_process_memory_fraction(cap, device)
+    return cap
+
+
+def auto_micro_batch(c: dict, device: torch.device, precision: str, memory_cap: float | None = None) -> int:
+    """The largest power of two <= batch_size whose real training step (forward, backward and a
+    fused-AdamW step, so the optimizer's state is counted) fits, cached per (model, max_len,
+    precision, GPU, memory cap). On CPU memory is not the limit: 16 (measured best)."""
     B = c["batch_size"]
     if device.type != "cuda":
         return min(B, 16)
-    import json
-
     from .data import cache_dir
     from .models import load_model
 
-    key = f"{c['model']}|{c['max_len']}|{precision}|{torch.cuda.get_device_name(device)}"
+    key = f"{c['model']}|{c['max_len']}|{precision}|{torch.cuda.get_device_name(device)}|cap={memory_cap or 1}"
     cache = cache_dir() / "micro_batch.json"
-    known = json.loads(cache.read_text()) if cache.exists() else {}
+    try:
+        known = json.loads(cache.read_text()) if cache.exists() else {}
+    except ValueError:  # a torn write by a concurrent trial: probe again
+        known = {}
     if key in known:
         return min(B, known[key])
+    t0 = time.perf_counter()
     model = load_model(c["model"]).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.0, fused=True)  # lr 0: state only
     autocast = _autocast(device, precision)
-    m = 1 << (min(B, 1024).bit_length() - 1)
+    top = 1 << (min(B, 1024).bit_length() - 1)
+    m = top
     while m > 1:
         try:
             x = torch.randint(1000, 2000, (m, c["max_len"]), device=device)
             accumulate_gradients(model, [{"input_ids": x, "attention_mask": torch.ones_like(x),
                                           "labels": torch.zeros(m, dtype=torch.long, device=device)}], autocast)
+            optimizer.step()
             torch.cuda.synchronize(device)
             break
         except torch.cuda.OutOfMemoryError:
-            model.zero_grad(set_to_none=True)
-            torch.cuda.empty_cache()
-            m //= 2
-    del model
+            pass
+        # Out of the except block, so the exception's frames (and the tensors they hold) are gone.
+        model.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
+        m //= 2
+    del model, optimizer
     torch.cuda.empty_cache()
-    if B >= 1024 or m < (1 << (min(B, 1024).bit_length() - 1)):  # only a probe that hit a limit is general
+    print(f"micro_batch_size auto: {m} for {c['model']} at max_len {c['max_len']}, {precision}"
+          f"{f', memory cap {memory_cap}' if memory_cap else ''} (probe {time.perf_counter() - t0:.1f} s)", flush=True)
+    if B >= 1024 or m < top:  # only a probe that hit a limit (or the 1024 ceiling) is general
         known[key] = m
         cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(known, indent=1))
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=1))
+        os.replace(tmp, cache)
     return m
 
 
@@ -444,10 +493,15 @@ def trainable(config: dict, datasets: dict | None = None, experiment_dir: str | 
 
     import ray
 
-    node = ray.get_runtime_context().get_node_id()  # which machine of a cluster ran this trial
+    runtime = ray.get_runtime_context()
+    node = runtime.get_node_id()  # which machine of a cluster ran this trial
+    # A fractional GPU (packed small-batch trials) also means a fractional share of its memory.
+    gpu_share = runtime.get_assigned_resources().get("GPU", 0.0)
+    memory_cap = cap_gpu_memory(gpu_share)
 
     def report(metrics, ckpt_dir):
-        tune.report({**metrics, "node_id": node}, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
+        tune.report({**metrics, "node_id": node, "gpu_share": gpu_share},
+                    checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
 
     ctx = tune.get_context()
     local = experiment_dir is not None and Path(experiment_dir).is_dir()
@@ -475,4 +529,4 @@ def trainable(config: dict, datasets: dict | None = None, experiment_dir: str | 
         elif resume is None and any(trial_dir.glob("checkpoint_*")):
             print(f"WARNING: {trial_dir}: no complete checkpoint (torn by an interrupted write); "
                   "this trial starts again from epoch 0", flush=True)
-        train(config, report=report, data=data, resume_from=resume, output_dir=trial_dir)
+        train(config, report=report, data=data, resume_from=resume, output_dir=trial_dir, memory_cap=memory_cap)

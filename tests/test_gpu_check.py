@@ -82,3 +82,44 @@ def test_gpu_check_smoke(tmp_path):
     md = (out / "gpu_check.md").read_text()
     assert "| ≥ 5,000 samples/s" in md and "not measured" in md   # no bench stage ran
     assert "## Projection of the full seed grid" in md
+
+
+def test_missing_dashboard_extra_is_a_warning_not_a_crash():
+    """The GPU host has ray but not ray[default]'s packages: Ray must come up without the dashboard.
+    (Simulated in a fresh driver by making aiohttp_cors unimportable there.)"""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['aiohttp_cors'] = None\n"
+            "import ray\nfrom tune_study.grid import init_ray, print_dashboard\n"
+            "ctx = init_ray(None, '127.0.0.1', 8265, 1)\nprint_dashboard(ctx)\n"
+            "print('UP', ray.is_initialized(), ray.cluster_resources().get('CPU'))\nray.shutdown()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
+                       env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "WARNING: the Ray dashboard is not available here (ModuleNotFoundError" in r.stdout
+    assert "aiohttp_cors" in r.stdout and "Install ray[default]" in r.stdout
+    assert "Ray dashboard: not running" in r.stdout and "UP True 1.0" in r.stdout
+    assert "Cannot include dashboard" not in r.stdout + r.stderr   # never tried, never half-started
+
+
+def test_readme_gives_the_device_command_verbatim():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert gpu_check.DEVICE_COMMAND in readme
+
+
+def test_prepare_fills_the_carry_folder(tmp_path):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for name in ("ray-2.60.0-cp312-cp312-manylinux2014_x86_64.whl", "optuna-5.0.0-py3-none-any.whl"):
+        (wheels / name).write_bytes(b"not a real wheel")
+    dest = tmp_path / ".whl"
+    gpu_check.prepare(dest, wheels)
+    assert sorted(p.name for p in dest.glob("*.whl")) == ["ray-2.60.0-cp312-cp312-manylinux2014_x86_64.whl"]
+    tokens = list((dest / "cache").glob("tokens-*.pt"))
+    assert len(tokens) == 1   # both random models borrow one tokenizer: one file
+    data = torch.load(tokens[0], weights_only=True)
+    assert len(data["train"]["labels"]) == 4800 and data["train"]["input_ids"].shape[1] == 128

@@ -1,6 +1,7 @@
 """One GPU session, one command: every measurement of the GPU-throughput work, within a time budget.
 
-    python -m tune_study.gpu_check --out "$OUT" --budget 540     # on the GPU host
+    python -m tune_study.gpu_check --prepare .whl                 # here: wheels + tokenized data to carry
+    python -m tune_study.gpu_check --out /tmp/gpu_check --archive "$OUT"   # on the GPU host (DEVICE_COMMAND)
     python -m tune_study.gpu_check --smoke --out /tmp/gpu_check   # the same stages on a CPU, tiny
 
 GPU time comes in short sessions, so this runs every check in one go, most important first, each
@@ -14,8 +15,8 @@ and whatever finished is written. Stages:
   compile        ours under torch.compile at batch 256 and 1024
   cuda_paths     micro-batch probe (whole card and a 10% memory cap) and the OOM-halving path
   bf16           bf16 vs fp32 train loss over 300 optimizer steps
-  bench_roberta  roberta-base: ours vs HF Trainer at batch 16 and 256
   grid_unpacked  the same grid, one trial per GPU (no fractions), against grid_packed
+  bench_roberta  roberta-base: ours vs HF Trainer at batch 16 and 256
   compile_small  torch.compile at batch 16, alone and 4 packed
 
 Writes to --out: gpu_check.md (targets against measurements, the projection of the full seed grid),
@@ -85,9 +86,9 @@ def plan(smoke: bool, out: Path, work: Path) -> list[tuple[str, list[str], int]]
                            "--out", str(out / "cuda_paths")), 120),
         ("bf16", _py(*bench, "--models", big, "--batch-sizes", "16", "--no-baseline", "--check-bf16", "300",
                      "--out", str(out / "bf16")), 120),
+        ("grid_unpacked", _py(*grid, "--space", str(unpacked)), 300),
         ("bench_roberta", _py(*bench, "--models", small, "--batch-sizes", *sizes[:2], "--out",
                               str(out / "bench_roberta")), 120),
-        ("grid_unpacked", _py(*grid, "--space", str(unpacked)), 300),
         ("compile_small", _py(*bench, "--models", big, "--batch-sizes", "16", "--compile", "16", "--no-baseline",
                               "--concurrent", "4", "--out", str(out / "compile_small")), 240),
     ]
@@ -363,6 +364,56 @@ def summarize(out: Path, work: Path, stages: list[dict], smoke: bool) -> dict:
     return res
 
 
+# What the GPU host lacks (it has torch, transformers, pandas, pyarrow, matplotlib, scipy, tabulate,
+# accelerate, pyyaml, but no ray, datasets or the bundled data and model); optuna's stack stays behind.
+NOT_NEEDED_THERE = ("optuna", "alembic", "sqlalchemy", "mako", "colorlog")
+DEVICE_COMMAND = ("python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && "
+                  "export PYTHONPATH=/tmp/site:$PWD TUNE_STUDY_CACHE=$PWD/.whl/cache && "
+                  "python3 -m tune_study.gpu_check --out /tmp/gpu_check --archive $OUT --budget 520")
+
+
+def prepare(dest: Path, wheels: Path) -> None:
+    """Fill ``dest`` (an ignored folder that travels to the GPU host) with the wheels it lacks and
+    the shortened grid's tokenized data: that host has neither the bundled reviews nor a tokenizer."""
+    from .data import load_tokenized
+    from .spaces import load_space
+
+    if not wheels.is_dir():
+        raise SystemExit(f"error: no wheel folder at {wheels}")
+    dest.mkdir(parents=True, exist_ok=True)
+    for w in sorted(wheels.glob("*.whl")):
+        if not w.name.lower().startswith(NOT_NEEDED_THERE):
+            shutil.copy(w, dest / w.name)
+    study = load_space(REPO / "search_spaces" / "gpu_short.yaml", kind="grid")
+    before = os.environ.get("TUNE_STUDY_CACHE")
+    os.environ["TUNE_STUDY_CACHE"] = str(dest / "cache")  # the folder the host reads (DEVICE_COMMAND)
+    try:
+        for model in study["axes"]["model"]:
+            load_tokenized(study["fixed"]["data"], model, study["fixed"]["max_len"])
+    finally:
+        if before is None:
+            os.environ.pop("TUNE_STUDY_CACHE", None)
+        else:
+            os.environ["TUNE_STUDY_CACHE"] = before
+    size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
+    print(f"{dest}: {size / 2**20:.1f} MiB (the device tool carries at most 64 MiB with the tree)\n"
+          f"run there, with carry ['{dest.name}'] and timeout_s 590:\n  {DEVICE_COMMAND}")
+
+
+def _archive(out: Path, dest: str | None) -> None:
+    if not dest:
+        return
+    import tarfile
+
+    d = Path(dest)
+    d.mkdir(parents=True, exist_ok=True)
+    shutil.copy(out / "gpu_check.md", d / "gpu_check.md")
+    tmp = d / "gpu_check.tgz.tmp"
+    with tarfile.open(tmp, "w:gz") as tar:
+        tar.add(out, arcname="gpu_check")
+    os.replace(tmp, d / "gpu_check.tgz")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tune_study.gpu_check", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -372,11 +423,22 @@ def main(argv=None) -> int:
     p.add_argument("--budget", type=float, default=540, help="seconds for all stages together (default 540)")
     p.add_argument("--smoke", action="store_true", help="tiny-bert on a CPU: checks this script, not the GPU")
     p.add_argument("--only", nargs="+", default=None, metavar="STAGE", help="run only these stages")
+    p.add_argument("--archive", default=None, metavar="DIR",
+                   help="after every stage, also write DIR/gpu_check.md and DIR/gpu_check.tgz (all of --out): "
+                        "two files, for a host that sends back only a few")
+    p.add_argument("--prepare", default=None, metavar="DIR",
+                   help="on the machine with the data: fill DIR (e.g. .whl) with the wheels and tokenized "
+                        "data the GPU host lacks, print the command to run there, and exit")
+    p.add_argument("--wheels", default=str(REPO.parent / "shared" / "wheels-py312"),
+                   help="with --prepare: where the Python 3.12 wheels are (default ../shared/wheels-py312)")
     p.add_argument("--stage", default=None, help=argparse.SUPPRESS)   # internal: one in-process stage
     p.add_argument("--model", default="bert-base-random", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
 
+    if args.prepare:
+        prepare(Path(args.prepare).resolve(), Path(args.wheels))
+        return 0
     if args.stage:
         {"env": lambda: stage_env(out), "dashboard": lambda: stage_dashboard(out),
          "cuda_paths": lambda: stage_cuda_paths(out, args.model)}[args.stage]()
@@ -398,7 +460,12 @@ def main(argv=None) -> int:
             continue
         stages.append(run_stage(name, argv_, min(longest, left), out))
         summarize(out, work, stages, args.smoke)  # after every stage: a killed run still leaves a summary
-    res = summarize(out, work, stages, args.smoke)
+        if name.startswith("grid"):  # the exports are read; bert-base checkpoints are 1.3 GB each
+            for tune_dir in (work / "grid").glob("*/tune"):
+                shutil.rmtree(tune_dir, ignore_errors=True)
+        _archive(out, args.archive)
+    summarize(out, work, stages, args.smoke)
+    _archive(out, args.archive)
     print((out / "gpu_check.md").read_text())
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)

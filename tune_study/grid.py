@@ -105,6 +105,18 @@ def dashboard_warning(host: str) -> str | None:
     return None if host in ("127.0.0.1", "localhost", "::1") else EXPOSED_WARNING.format(host=host)
 
 
+def dashboard_unavailable() -> str | None:
+    """Why Ray's dashboard cannot run here (a package of the ``default`` extra is missing), or None.
+    Ray's own list of what the dashboard imports is the module ``ray.dashboard.optional_deps``."""
+    import importlib
+
+    try:
+        importlib.import_module("ray.dashboard.optional_deps")
+    except ImportError as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 def init_ray(address: str | None, dashboard_host: str, dashboard_port: int, num_cpus: int | None):
     """Start or join Ray with the dashboard; a missing dashboard is a warning, not a crash."""
     import ray
@@ -120,6 +132,13 @@ def init_ray(address: str | None, dashboard_host: str, dashboard_port: int, num_
         print(warning)
     kw = {"num_cpus": num_cpus, "dashboard_host": dashboard_host, "dashboard_port": dashboard_port}
     kw["address"] = "local"  # a new local instance, never a cluster someone else started here
+    missing = dashboard_unavailable()
+    if missing:
+        # Checked before ray.init: a start that fails on the dashboard leaves its half-started
+        # processes behind, and the next ray.init then times out.
+        print(f"WARNING: the Ray dashboard is not available here ({missing}); running without it. "
+              "Install ray[default] for the dashboard.")
+        return ray.init(include_dashboard=False, **kw)
     try:
         return ray.init(include_dashboard=True, **kw)
     except Exception as e:  # e.g. the 'default' extra (aiohttp_cors, opencensus) is not installed

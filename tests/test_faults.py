@@ -233,7 +233,7 @@ def test_same_seed_same_history():
     data = _tiny_data()
     cfg = {"model": "tiny-bert", "batch_size": 6, "micro_batch_size": 4, "epochs": 2, "max_len": 16,
            "lr": 1e-3, "seed": 3, "precision": "fp32"}
-    timing = {"samples_per_s", "epoch_train_s", "train_time_s"}
+    timing = {"samples_per_s", "epoch_train_s", "eval_s", "train_time_s"}
     runs = []
     for _ in range(2):
         hist = train(cfg, data=data)

@@ -4,6 +4,7 @@ benchmark, the tokenizer-less best model, and the whole script in its smoke mode
 from __future__ import annotations
 
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -14,28 +15,40 @@ from tune_study import bench, gpu_check, training
 
 def test_projection_arithmetic():
     trials = pd.DataFrame([
-        {"trial_id": "a", "model": "m", "batch_size": 16, "gpu_share": 0.25, "micro_batch_size": 16,
-         "samples_per_s": 900.0, "wall_time_s": 30.0, "n_val": 1000},
-        {"trial_id": "b", "model": "m", "batch_size": 1024, "gpu_share": 1.0, "micro_batch_size": 1024,
-         "samples_per_s": 4000.0, "wall_time_s": 12.0, "n_val": 1000}])
+        {"trial_id": "a", "model": "m", "batch_size": 16, "status": "TERMINATED", "gpu_share": 0.25,
+         "micro_batch_size": 16, "samples_per_s": 900.0, "n_val": 1000},
+        {"trial_id": "b", "model": "m", "batch_size": 1024, "status": "TERMINATED", "gpu_share": 1.0,
+         "micro_batch_size": 1024, "samples_per_s": 4000.0, "n_val": 1000}])
     history = pd.DataFrame([
-        # epoch 1: 5 s outside training, of which 2 s is the usual rest -> startup 3 s
-        {"trial_id": "a", "epoch": 1, "samples_per_s": 800.0, "epoch_train_s": 10.0, "time_this_iter_s": 15.0},
-        {"trial_id": "a", "epoch": 2, "samples_per_s": 1000.0, "epoch_train_s": 8.0, "time_this_iter_s": 10.0},
-        {"trial_id": "b", "epoch": 1, "samples_per_s": 3000.0, "epoch_train_s": 3.0, "time_this_iter_s": 7.0},
-        {"trial_id": "b", "epoch": 2, "samples_per_s": 4000.0, "epoch_train_s": 2.0, "time_this_iter_s": 3.0}])
+        # a: epoch 2 has 1 s of eval and 1 s of the rest; epoch 1 spent 5 s outside training and
+        # eval, of which 1 s is the usual rest -> startup 4 s
+        {"trial_id": "a", "epoch": 1, "samples_per_s": 800.0, "epoch_train_s": 10.0, "eval_s": 1.0, "time_this_iter_s": 16.0},
+        {"trial_id": "a", "epoch": 2, "samples_per_s": 1000.0, "epoch_train_s": 8.0, "eval_s": 1.0, "time_this_iter_s": 10.0},
+        {"trial_id": "b", "epoch": 1, "samples_per_s": 3000.0, "epoch_train_s": 3.0, "eval_s": 0.5, "time_this_iter_s": 7.5},
+        {"trial_id": "b", "epoch": 2, "samples_per_s": 4000.0, "epoch_train_s": 2.0, "eval_s": 0.5, "time_this_iter_s": 3.0}])
     p = gpu_check.project_seed_grid(trials, history)
     per = p["per_trial"].set_index("batch_size")
-    # a: 3 + 5 * 40000 / 1000 + 5 * 2 = 213 s; the high estimate scales the rest by 5000/1000 -> 253 s
-    assert per.loc[16, "startup_s"] == pytest.approx(3.0)
-    assert per.loc[16, "trial_s_low"] == pytest.approx(213.0) and per.loc[16, "trial_s_high"] == pytest.approx(253.0)
-    assert per.loc[16, "gpu_s_low"] == pytest.approx(0.25 * 213.0)
-    # b: startup 4 - 1 = 3; 3 + 5 * 10 + 5 * 1 = 58 s at a whole GPU
-    assert per.loc[1024, "trial_s_low"] == pytest.approx(58.0)
-    # each measured trial stands for 2 seed-grid trials (constant and linear): minutes of GPU time
-    assert p["minutes_low"] == pytest.approx(2 * (0.25 * 213.0 + 58.0) / 60)
+    # a: 4 + 5 * (40000/1000 + 1 * 5000/1000 + 1) = 234 s; only eval grows with the 5k val set
+    assert per.loc[16, "startup_s"] == pytest.approx(4.0) and per.loc[16, "rest_per_epoch_s"] == pytest.approx(1.0)
+    assert per.loc[16, "trial_s"] == pytest.approx(234.0) and per.loc[16, "gpu_s"] == pytest.approx(0.25 * 234.0)
+    # b: rest 3 - 2 - 0.5 = 0.5; startup (7.5 - 3 - 0.5) - 0.5 = 3.5; 3.5 + 5 * (10 + 2.5 + 0.5) = 68.5 s
+    assert per.loc[1024, "startup_s"] == pytest.approx(3.5) and per.loc[1024, "trial_s"] == pytest.approx(68.5)
+    # each measured trial stands for 2 seed-grid trials (constant and linear)
+    assert p["minutes_ideal"] == pytest.approx(2 * (0.25 * 234.0 + 68.5) / 60)
+    # in grid order: a, a share the GPU (234 s, half of it idle), then b, b one after the other
+    assert p["minutes_scheduled"] == pytest.approx((234.0 + 2 * 68.5) / 60)
     assert p["trials"] == 4 and p["samples"] == 4 * 5 * 40_000
     assert p["minutes_hf_way"] == pytest.approx(4 * 5 * 40_000 / 406 / 60)
+    # a trial that did not finish: no projection, rather than a flattering one
+    broken = gpu_check.project_seed_grid(trials.assign(status=["TERMINATED", "ERROR"]), history)
+    assert math.isnan(broken["minutes_scheduled"]) and math.isnan(broken["minutes_ideal"])
+
+
+def test_schedule_starts_whatever_fits():
+    # shares 0.5, 1, 0.5: the second waits for the whole GPU, the third fits beside the first
+    assert gpu_check._schedule([10, 5, 4], [0.5, 1.0, 0.5]) == pytest.approx(15)
+    assert gpu_check._schedule([10, 10, 10, 10], [0.25] * 4) == pytest.approx(10)
+    assert gpu_check._schedule([10, 10], [1.0, 1.0], n_gpus=2) == pytest.approx(10)
 
 
 def test_memory_cap_follows_the_gpu_share(monkeypatch):
@@ -78,7 +91,7 @@ def test_gpu_check_smoke(tmp_path):
     assert res["cuda_paths"] == {"skipped": "no CUDA device"}
     trials = pd.read_csv(out / "grid_packed" / "trials.csv")
     assert sorted(trials.batch_size) == [8, 32] and (trials.status == "TERMINATED").all()
-    assert res["projected_minutes_low"] > 0 and res["projected_minutes_high"] >= res["projected_minutes_low"]
+    assert res["projected_minutes_scheduled"] >= res["projected_minutes_ideal"] > 0
     md = (out / "gpu_check.md").read_text()
     assert "| ≥ 5,000 samples/s" in md and "not measured" in md   # no bench stage ran
     assert "## Projection of the full seed grid" in md

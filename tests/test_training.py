@@ -18,7 +18,7 @@ from tune_study.models import KNOWN, count_parameters, load_model, load_tokenize
 from tune_study.training import (CHECKPOINT_FILE, accumulate_gradients, evaluate, load_state, resolve_config,
                                  save_state, train)
 
-TIMING_KEYS = {"samples_per_s", "epoch_train_s", "train_time_s"}
+TIMING_KEYS = {"samples_per_s", "epoch_train_s", "eval_s", "train_time_s"}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -567,3 +567,34 @@ def test_minilm_learns_imdb_sentiment():
     assert last["best_val_acc"] >= 0.70
     assert last["test_acc"] >= 0.65  # measured 0.74 / 0.77 / 0.79 for seeds 0 / 1 / 2 (100 test reviews)
     assert 0 <= last["test_ece"] < 0.3
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_host_side_mask_gives_the_same_logits(family):
+    """train() hands BERT / RoBERTa under SDPA either no mask (rows without padding) or a 4-D boolean
+    mask, decided on the host, so transformers never syncs to ask the GPU about padding. It must
+    change nothing: same logits as the plain 2-D mask, in float64."""
+    from transformers import AutoModelForSequenceClassification, BertConfig, RobertaConfig
+
+    from tune_study.training import _batch, _on_device, _sdpa_bert
+
+    kw = dict(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+              num_labels=2)
+    cfg = BertConfig(**kw) if family == "bert" else RobertaConfig(**kw, pad_token_id=0, max_position_embeddings=40)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(cfg, attn_implementation="sdpa").eval().double()
+    assert _sdpa_bert(model)
+    mask = torch.ones(6, 16, dtype=torch.int8)
+    mask[1, 10:] = 0
+    mask[4, 3:] = 0
+    ids = (torch.randint(5, 900, (6, 16)) * mask).to(torch.int32)
+    split = _on_device({"input_ids": ids, "attention_mask": mask, "labels": torch.zeros(6, dtype=torch.long)},
+                       torch.device("cpu"))
+    assert split["full"].tolist() == [True, False, True, True, False, True]
+    for rows in ([0, 2, 3], [0, 1, 2], [4, 5]):
+        idx = torch.tensor(rows)
+        prepared, plain = _batch(split, idx, idx, prepared=True), _batch(split, idx)
+        assert (prepared["attention_mask"] is None) == (rows == [0, 2, 3])
+        a = model(input_ids=prepared["input_ids"], attention_mask=prepared["attention_mask"]).logits
+        b = model(input_ids=plain["input_ids"], attention_mask=plain["attention_mask"]).logits
+        assert torch.equal(a, b)

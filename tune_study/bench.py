@@ -15,6 +15,7 @@ Writes bench.md and bench.csv to --out and prints the table.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import multiprocessing as mp
@@ -75,18 +76,25 @@ def ours(model: str, batch: int, micro, max_len: int, steps: int, precision: str
     cfg = {"model": model, "batch_size": batch, "micro_batch_size": micro, "max_len": max_len, "epochs": 2,
            "precision": precision, "compile": compile_, "lr": 5e-5}
 
+    marks = {}
+
     def start_together(metrics, ckpt):  # after the warm-up epoch only; returns None: never stops
         if metrics["epoch"] == 1:
             barrier.wait(timeout=600)
+            marks["start"] = time.time()  # wall clock: comparable across the processes
 
+    if compile_:
+        torch._dynamo.reset()  # each case compiles its own model, not on top of the last case's guards
     t0 = time.perf_counter()
-    hist = train(cfg, data=data, report=start_together if barrier else None)
+    hist = train(cfg, data=data, report=start_together if barrier else None, checkpoints=False)
     m = hist[-1]  # epoch 2: warm (allocator, kernels, compile) and timed alone
     fps = flops_per_sample(load_model(model, attn_implementation=None), max_len)
     return {"model": model, "case": "tune_study" + (" compiled" if compile_ else ""), "batch": batch,
             "micro": m["micro_batch_size"], "accum": m["accumulation_steps"], "precision": m["precision"],
             "samples_per_s": m["samples_per_s"], "flops_per_sample": fps, "peak_gib": m["peak_mem_gib"],
-            "wall_s": time.perf_counter() - t0, "device": m["device"]}
+            "oom_halvings": m["oom_halvings"], "wall_s": time.perf_counter() - t0, "device": m["device"],
+            "samples": n, "start": marks.get("start"),
+            "end": marks["start"] + m["epoch_train_s"] if "start" in marks else None}
 
 
 def hf_trainer(model: str, batch: int, max_len: int, steps: int) -> dict:
@@ -161,6 +169,8 @@ def concurrent(model: str, k: int, batch: int, max_len: int, steps: int, precisi
 
     The processes wait for each other after their warm-up epoch, so the timed epochs overlap; the
     row's rate is the sum of theirs."""
+    import queue
+
     ctx = mp.get_context("spawn")
     q, barrier = ctx.Queue(), ctx.Barrier(k)
     procs = [ctx.Process(target=_worker, args=((model, batch, max_len, steps, precision, compile_, barrier, q),))
@@ -168,17 +178,30 @@ def concurrent(model: str, k: int, batch: int, max_len: int, steps: int, precisi
     t0 = time.perf_counter()
     for p in procs:
         p.start()
-    rows = [q.get() for _ in procs]
+    rows = []
+    while len(rows) < k:  # a worker that dies hard (a crash, the OOM killer) must not hang the bench
+        try:
+            rows.append(q.get(timeout=5))
+        except queue.Empty:
+            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if dead:
+                for p in procs:
+                    p.kill()
+                raise RuntimeError(f"a concurrent trial process died (exit code {dead[0]})")
     for p in procs:
         p.join()
     errors = [r["error"] for r in rows if "error" in r]
     if errors:
         raise RuntimeError(f"concurrent trials failed: {errors[0]}")
+    # All the work over the whole window in which any of them ran: a process that finished early
+    # cannot lend the others a less crowded device and still count as sharing it.
+    window = max(r["end"] for r in rows) - min(r["start"] for r in rows)
     return {"model": model, "case": f"{k} trials sharing the device" + (" compiled" if compile_ else ""),
             "batch": batch, "micro": rows[0]["micro"], "accum": rows[0]["accum"], "precision": rows[0]["precision"],
-            "samples_per_s": sum(r["samples_per_s"] for r in rows), "flops_per_sample": rows[0]["flops_per_sample"],
-            "peak_gib": max(r["peak_gib"] for r in rows), "wall_s": time.perf_counter() - t0,
-            "device": rows[0]["device"]}
+            "samples_per_s": sum(r["samples"] for r in rows) / window, "flops_per_sample": rows[0]["flops_per_sample"],
+            "peak_gib": max(r["peak_gib"] for r in rows), "oom_halvings": sum(r["oom_halvings"] for r in rows),
+            "wall_s": time.perf_counter() - t0, "device": rows[0]["device"],
+            "per_process": "/".join(f"{r['samples_per_s']:.0f}" for r in rows)}
 
 
 def check_bf16(model: str, steps: int, max_len: int, batch: int = 32) -> dict:
@@ -198,6 +221,24 @@ def check_bf16(model: str, steps: int, max_len: int, batch: int = 32) -> dict:
     return {"steps": epochs * 25, "fp32_final": runs["fp32"][-1], "bf16_final": runs["bf16"][-1], "max_gap": gap}
 
 
+def table(rows: list[dict], peak: float):
+    """The rows as a DataFrame with MFU and the ratio to HF Trainer (same model; at the same batch
+    if it was timed there, else at the largest batch it was timed at: its micro-batch is 16 anyway)."""
+    df = pd.DataFrame(rows)
+    for col in ("micro", "accum", "precision", "samples_per_s", "flops_per_sample", "peak_gib", "oom_halvings",
+                "wall_s", "error"):
+        if col not in df:
+            df[col] = math.nan
+    df["mfu"] = df["samples_per_s"] * df["flops_per_sample"] / peak
+    hf = df[(df.case == "HF Trainer") & df.samples_per_s.notna()].sort_values("batch")
+    same = hf.set_index(["model", "batch"])["samples_per_s"]
+    largest = hf.groupby("model")["samples_per_s"].last()
+    df["x_vs_trainer"] = [math.nan if r.case == "HF Trainer" else
+                          r.samples_per_s / same.get((r.model, r.batch), largest.get(r.model, math.nan))
+                          for r in df.itertuples()]
+    return df
+
+
 def main(argv=None) -> int:
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(prog="python -m tune_study.bench", description=__doc__,
@@ -209,8 +250,12 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20, help="timed optimizer steps per case")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--no-baseline", action="store_true", help="skip the HF Trainer baseline")
+    p.add_argument("--baseline-max-batch", type=int, default=256,
+                   help="time HF Trainer up to this batch only; its rate at micro 16 does not depend on the "
+                        "batch, and larger batches take minutes (default 256)")
     p.add_argument("--compile", nargs="*", type=int, default=None, metavar="BATCH",
                    help="also time ours under torch.compile (GPU), at the given batch sizes (default: all)")
+    p.add_argument("--skip-eager", action="store_true", help="do not time ours uncompiled (e.g. with --compile)")
     p.add_argument("--concurrent", type=int, default=0, help="also time K batch-16 trials sharing the device")
     p.add_argument("--check-bf16", type=int, default=0, metavar="STEPS", help="also compare bf16 and fp32 loss")
     p.add_argument("--out", default=None, help="folder for bench.md / bench.csv (default results/bench/<device>)")
@@ -224,7 +269,23 @@ def main(argv=None) -> int:
     device = torch.cuda.get_device_name() if cuda else f"cpu x{torch.get_num_threads()}"
     print(f"device: {device}; torch {torch.__version__}; bf16 matmul peak "
           f"{peak / 1e12:.0f} TFLOP/s" if cuda else f"device: {device}; torch {torch.__version__}", flush=True)
-    rows = []
+    out = Path(args.out or Path("results") / "bench" / device.replace(" ", "_").lower())
+    out.mkdir(parents=True, exist_ok=True)
+    rows, extra = [], []
+    cols = ["model", "case", "batch", "micro", "accum", "precision", "samples_per_s", "x_vs_trainer", "mfu",
+            "peak_gib", "wall_s"]
+
+    def write() -> str:
+        """bench.csv and bench.md as they stand: a run cut short keeps every case it finished."""
+        df = table(rows, peak) if rows else pd.DataFrame(columns=cols + ["oom_halvings", "error"])
+        shown = cols + (["oom_halvings"] if df["oom_halvings"].fillna(0).any() else []) + \
+            (["error"] if df["error"].notna().any() else [])
+        text = df[shown].to_markdown(index=False, floatfmt=".3g") if _has_tabulate() else df[shown].to_string(index=False)
+        text = f"# tune_study bench\n\ndevice: {device}, torch {torch.__version__}, max_len {args.max_len}\n\n{text}\n"
+        text += "".join(extra)
+        df.to_csv(out / "bench.csv", index=False)
+        (out / "bench.md").write_text(text)
+        return text
 
     def case(label, fn, *a, **kw):
         # One failing case (a compile error, an OOM) is a row saying so, not a lost table.
@@ -234,52 +295,40 @@ def main(argv=None) -> int:
             rows.append({"model": a[0], "case": label, "batch": a[1] if fn is not concurrent else 16,
                          "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"})
         print(rows[-1], flush=True)
+        gc.collect()  # give the next case (or the next processes) the memory this one cached
+        if cuda:
+            torch.cuda.empty_cache()
+        write()
 
     def compiled(b):
         return args.compile is not None and cuda and (not args.compile or b in args.compile)
 
     for model in args.models:
-        for b in args.batch_sizes:
-            case("tune_study", ours, model, b, micro if micro == "auto" else min(micro, b), args.max_len,
-                 args.steps, args.precision)
-            if compiled(b):
-                case("tune_study compiled", ours, model, b, micro if micro == "auto" else min(micro, b),
-                     args.max_len, args.steps, args.precision, compile_=True)
-            if not args.no_baseline:
-                case("HF Trainer", hf_trainer, model, b, args.max_len, args.steps)
-        if args.concurrent:
-            case(f"{args.concurrent} trials sharing the device", concurrent, model, args.concurrent, 16,
-                 args.max_len, args.steps, args.precision)
+        if args.concurrent:  # first: before this process holds any memory the others would need
+            if not args.skip_eager:
+                case(f"{args.concurrent} trials sharing the device", concurrent, model, args.concurrent, 16,
+                     args.max_len, args.steps, args.precision)
             if compiled(16):
                 case(f"{args.concurrent} trials sharing the device compiled", concurrent, model, args.concurrent,
                      16, args.max_len, args.steps, args.precision, True)
-    df = pd.DataFrame(rows)
-    for col in ("micro", "accum", "precision", "samples_per_s", "flops_per_sample", "peak_gib", "wall_s", "error"):
-        if col not in df:
-            df[col] = math.nan
-    df["mfu"] = df["samples_per_s"] * df["flops_per_sample"] / peak
-    base = df[df.case == "HF Trainer"].set_index(["model", "batch"])["samples_per_s"]
-    df["x_vs_trainer"] = [r.samples_per_s / base.get((r.model, r.batch), math.nan) if r.case != "HF Trainer"
-                          else math.nan for r in df.itertuples()]
-    cols = ["model", "case", "batch", "micro", "accum", "precision", "samples_per_s", "x_vs_trainer", "mfu",
-            "peak_gib", "wall_s"]
-    if df["error"].notna().any():
-        cols.append("error")
-    table = df[cols].to_markdown(index=False, floatfmt=".3g") if _has_tabulate() else df[cols].to_string(index=False)
-    out = Path(args.out or Path("results") / "bench" / device.replace(" ", "_").lower())
-    out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / "bench.csv", index=False)
-    text = f"# tune_study bench\n\ndevice: {device}, torch {torch.__version__}, max_len {args.max_len}\n\n{table}\n"
+        for b in args.batch_sizes:
+            m = micro if micro == "auto" else min(micro, b)
+            if not args.skip_eager:
+                case("tune_study", ours, model, b, m, args.max_len, args.steps, args.precision)
+            if compiled(b):
+                case("tune_study compiled", ours, model, b, m, args.max_len, args.steps, args.precision, compile_=True)
+            if not args.no_baseline and b <= args.baseline_max_batch:
+                case("HF Trainer", hf_trainer, model, b, args.max_len, args.steps)
     if args.check_bf16:
         c = check_bf16(args.models[0], args.check_bf16, args.max_len)
-        text += (f"\nbf16 vs fp32 ({args.models[0]}, {c['steps']} optimizer steps at batch 32): final train loss "
-                 f"{c['bf16_final']:.4f} vs {c['fp32_final']:.4f}; largest per-epoch gap {c['max_gap']:.4f} "
-                 f"(tolerance 0.05: {'ok' if c['max_gap'] <= 0.05 else 'EXCEEDED'})\n")
+        extra.append(f"\nbf16 vs fp32 ({args.models[0]}, {c['steps']} optimizer steps at batch 32): final train loss "
+                     f"{c['bf16_final']:.4f} vs {c['fp32_final']:.4f}; largest per-epoch gap {c['max_gap']:.4f} "
+                     f"(tolerance 0.05: {'ok' if c['max_gap'] <= 0.05 else 'EXCEEDED'})\n")
         (out / "bf16_check.json").write_text(json.dumps({"model": args.models[0], "device": device, **c}, indent=1))
-    (out / "bench.md").write_text(text)
+    text = write()
     print("\n" + text)
     print(f"wrote {out / 'bench.md'} and {out / 'bench.csv'}")
-    return 1 if df["error"].notna().any() else 0
+    return 1 if any("error" in r for r in rows) else 0
 
 
 def _has_tabulate() -> bool:

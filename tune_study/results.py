@@ -18,7 +18,7 @@ import pandas as pd
 EXPERIMENT = "tune"   # the Ray experiment's folder name under the storage path
 AXIS_ORDER = ["model", "batch_size", "scheduler", "seed"]
 HISTORY_KEEP = ["epoch", "train_loss", "val_loss", "val_acc", "lr", "optimizer_steps", "samples_seen",
-                "samples_per_s", "epoch_train_s", "best_epoch", "best_val_acc", "test_acc", "test_loss",
+                "samples_per_s", "epoch_train_s", "eval_s", "best_epoch", "best_val_acc", "test_acc", "test_loss",
                 "test_ece", "test_confidence", "micro_batch_size", "accumulation_steps", "peak_mem_gib",
                 "time_total_s", "time_this_iter_s", "resumed_from_epoch", "oom_halvings", "replayed", "from_checkpoint"]
 

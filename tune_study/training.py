@@ -134,10 +134,32 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def _batch(split: dict, idx: torch.Tensor) -> dict:
-    return {"input_ids": split["input_ids"][idx].long(),
-            "attention_mask": split["attention_mask"][idx].long(),
-            "labels": split["labels"][idx]}
+def _sdpa_bert(model) -> bool:
+    """BERT / RoBERTa under SDPA: these take a ready 4-D boolean mask as is (checked in the tests)."""
+    cfg = getattr(model, "config", None)
+    return getattr(cfg, "model_type", None) in ("bert", "roberta") and getattr(cfg, "_attn_implementation", None) == "sdpa"
+
+
+def _batch(split: dict, idx: torch.Tensor, idx_cpu: torch.Tensor | None = None, prepared: bool = False) -> dict:
+    """One micro-batch of a split on its device.
+
+    ``prepared`` (BERT / RoBERTa under SDPA, with ``split["full"]``: the rows without padding, kept
+    on the host): given a 2-D mask, transformers asks the GPU whether it holds any padding
+    (``padding_mask.all()``), a host sync in every forward. Answered on the host instead: no padding
+    -> no mask (SDPA may use flash attention), else the 4-D boolean mask SDPA takes, passed through.
+    Same logits either way (tested)."""
+    am = split["attention_mask"][idx]
+    if prepared:
+        am = None if bool(split["full"][idx_cpu].all()) else am[:, None, None, :].bool()
+    else:
+        am = am.long()
+    return {"input_ids": split["input_ids"][idx].long(), "attention_mask": am, "labels": split["labels"][idx]}
+
+
+def _on_device(split: dict, device: torch.device) -> dict:
+    out = {k: v.to(device) for k, v in split.items() if k in ("input_ids", "attention_mask", "labels")}
+    out["full"] = split["attention_mask"].bool().all(1).cpu()  # host-side: which rows have no padding
+    return out
 
 
 @torch.no_grad()
@@ -147,8 +169,10 @@ def evaluate(model, split: dict, batch_size: int = 64, autocast=None) -> dict:
     n = len(split["labels"])
     loss_sum = torch.zeros((), device=split["labels"].device)
     probs = []
+    prepared = "full" in split and _sdpa_bert(model)
     for i in range(0, n, batch_size):
-        b = _batch(split, torch.arange(i, min(i + batch_size, n), device=split["labels"].device))
+        rows = torch.arange(i, min(i + batch_size, n))
+        b = _batch(split, rows.to(split["labels"].device), rows, prepared)
         with autocast or contextlib.nullcontext():
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float()
         loss_sum += F.cross_entropy(logits, b["labels"], reduction="sum")
@@ -229,7 +253,8 @@ def pick_device(name: str) -> torch.device:
 
 def train(config: dict, report: Callable[[dict, str | None], object] | None = None,
           data: dict | None = None, resume_from: str | Path | None = None,
-          output_dir: str | Path | None = None, memory_cap: float | None = None) -> list[dict]:
+          output_dir: str | Path | None = None, memory_cap: float | None = None,
+          checkpoints: bool = True) -> list[dict]:
     """Fine-tune one config; returns the per-epoch metrics (also passed to ``report``).
 
     ``report(metrics, checkpoint_dir)`` is called once per epoch, with a directory holding the full
@@ -237,7 +262,8 @@ def train(config: dict, report: Callable[[dict, str | None], object] | None = No
     ``data`` is ``load_tokenized``'s result (loaded, and cached, when None). ``resume_from`` is a
     checkpoint directory. ``output_dir`` receives ``best_model/`` (``save_pretrained``).
     ``memory_cap`` is the share of the GPU's memory this process may use (``cap_gpu_memory``); the
-    micro-batch probe fits under it.
+    micro-batch probe fits under it. ``checkpoints=False`` calls ``report(metrics, None)`` without
+    writing the state (the benchmark only needs the epoch's end).
     """
     from transformers import get_scheduler, set_seed
 
@@ -254,8 +280,7 @@ def train(config: dict, report: Callable[[dict, str | None], object] | None = No
     autocast = _autocast(device, precision)
 
     data = data if data is not None else load_tokenized(c["data"], c["model"], c["max_len"])
-    train_split, val_split, test_split = ({k: v.to(device) for k, v in data[s].items()}
-                                          for s in ("train", "val", "test"))
+    train_split, val_split, test_split = (_on_device(data[s], device) for s in ("train", "val", "test"))
     n_train = len(train_split["labels"])
     split_facts = {"n_train": n_train, "n_val": len(val_split["labels"]), "n_test": len(test_split["labels"]),
                    # the accuracy of always answering the majority class: the report's "chance" line
@@ -270,9 +295,12 @@ def train(config: dict, report: Callable[[dict, str | None], object] | None = No
     set_seed(c["seed"])  # classifier-head init and dropout
     model = load_model(c["model"]).to(device)
     model.train()
-    step_model = torch.compile(model) if c["compile"] else model  # default mode: no CUDA graphs
+    prepared = _sdpa_bert(model)
+    # Default mode (CUDA graphs break on HF outputs). Static shapes: the epoch's last window and its
+    # remainder micro-batches get graphs of their own once, instead of turning every call dynamic.
+    step_model = torch.compile(model, dynamic=False) if c["compile"] else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=c["lr"], weight_decay=c["weight_decay"],
-                                  fused=device.type == "cuda")
+                                  fused=True)  # one kernel per step (CPU too), as HF Trainer's default
     sched_name = "constant_with_warmup" if c["scheduler"] == "constant" and c["warmup_ratio"] else c["scheduler"]
     scheduler = get_scheduler(sched_name, optimizer, num_warmup_steps=round(c["warmup_ratio"] * total_steps),
                               num_training_steps=total_steps)
@@ -296,16 +324,18 @@ def train(config: dict, report: Callable[[dict, str | None], object] | None = No
     best_dir = Path(output_dir) / "best_model" if output_dir else None
     for epoch in range(start_epoch, c["epochs"]):
         # The example order depends on (seed, epoch) alone, so a resumed run sees the same order.
-        order = torch.randperm(n_train, generator=torch.Generator().manual_seed(c["seed"] * 100_003 + epoch))
-        order = order.to(device)
+        order_cpu = torch.randperm(n_train, generator=torch.Generator().manual_seed(c["seed"] * 100_003 + epoch))
+        order = order_cpu.to(device)
         loss_sum = torch.zeros((), device=device)
         t0 = time.perf_counter()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         for step in range(steps_per_epoch):
             window = order[step * B:(step + 1) * B]          # the last window takes the remainder
+            window_cpu = order_cpu[step * B:(step + 1) * B]
             while True:
-                micro = [_batch(train_split, window[i:i + m]) for i in range(0, len(window), m)]
+                micro = [_batch(train_split, window[i:i + m], window_cpu[i:i + m], prepared)
+                         for i in range(0, len(window), m)]
                 # The dropout RNG as it was before this window: a retry after an OOM draws the same
                 # masks as an uninterrupted run (the CUDA generator's state lives on the host: no sync).
                 rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
@@ -339,25 +369,30 @@ def train(config: dict, report: Callable[[dict, str | None], object] | None = No
         progress["samples"] += n_train
         progress["train_time_s"] += epoch_time
 
-        val = evaluate(step_model, val_split, c["eval_batch_size"], autocast)
+        # Evaluation runs the uncompiled module (same weights): eval mode, no_grad and the eval
+        # batch would each cost the compiled one a recompile.
+        t_eval = time.perf_counter()
+        val = evaluate(model, val_split, c["eval_batch_size"], autocast)
         # Best by val acc, val loss breaking ties; test is evaluated only for a new best, so the
         # reported test numbers are always those of the best-val weights (early-stopped trials too).
-        if val["acc"] > best["val_acc"] or (val["acc"] == best["val_acc"] and val["loss"] < best["val_loss"]):
-            test = evaluate(step_model, test_split, c["eval_batch_size"], autocast)
+        new_best = val["acc"] > best["val_acc"] or (val["acc"] == best["val_acc"] and val["loss"] < best["val_loss"])
+        if new_best:
+            test = evaluate(model, test_split, c["eval_batch_size"], autocast)
             cal = calibration(test["probs"], test["labels"])
             best = {"epoch": epoch + 1, "val_acc": val["acc"], "val_loss": val["loss"],
                     "test_acc": test["acc"], "test_loss": test["loss"], "test_ece": cal["ece"],
                     "test_confidence": cal["mean_confidence"],
                     "test_reliability": _bins_json(cal["bins"])}
-            if best_dir is not None:
-                model.save_pretrained(best_dir)
-                _save_tokenizer(c["model"], best_dir)
+        eval_s = time.perf_counter() - t_eval  # val, and test for a new best (the part that grows with them)
+        if new_best and best_dir is not None:
+            model.save_pretrained(best_dir)
+            _save_tokenizer(c["model"], best_dir)
 
         metrics = {
             "epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"], "val_acc": val["acc"],
             "lr": scheduler.get_last_lr()[0], "optimizer_steps": progress["steps"],
             "samples_seen": progress["samples"], "samples_per_s": n_train / epoch_time,
-            "epoch_train_s": epoch_time, "train_time_s": progress["train_time_s"],
+            "epoch_train_s": epoch_time, "eval_s": eval_s, "train_time_s": progress["train_time_s"],
             "best_epoch": best["epoch"], "best_val_acc": best["val_acc"], "best_val_loss": best["val_loss"],
             "test_acc": best["test_acc"], "test_loss": best["test_loss"], "test_nll": best["test_loss"],
             "test_ece": best["test_ece"], "test_confidence": best["test_confidence"],
@@ -369,7 +404,9 @@ def train(config: dict, report: Callable[[dict, str | None], object] | None = No
         }
         history.append(metrics)
         stop = False
-        if report is not None:
+        if report is not None and not checkpoints:
+            stop = report(metrics, None)
+        elif report is not None:
             with tempfile.TemporaryDirectory(prefix="tune_study_ckpt_") as ckpt:
                 save_state(ckpt, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                   "scheduler": scheduler.state_dict(), "rng": _rng_state(),

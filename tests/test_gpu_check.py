@@ -136,3 +136,19 @@ def test_prepare_fills_the_carry_folder(tmp_path):
     assert len(tokens) == 1   # both random models borrow one tokenizer: one file
     data = torch.load(tokens[0], weights_only=True)
     assert len(data["train"]["labels"]) == 4800 and data["train"]["input_ids"].shape[1] == 128
+
+
+def test_local_ray_gets_the_gpus_torch_sees():
+    """Ray's own GPU count (NVML) can come back 0 silently; the local instance takes torch's count.
+    (Simulated in a fresh driver whose torch claims two GPUs.)"""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import torch\ntorch.cuda.is_available = lambda: True\ntorch.cuda.device_count = lambda: 2\n"
+            "import ray\nfrom tune_study.grid import init_ray\n"
+            "init_ray(None, '127.0.0.1', 8265, 1)\nprint('GPU', ray.cluster_resources().get('GPU'))\nray.shutdown()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
+                       env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "GPU 2.0" in r.stdout

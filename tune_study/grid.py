@@ -132,6 +132,12 @@ def init_ray(address: str | None, dashboard_host: str, dashboard_port: int, num_
         print(warning)
     kw = {"num_cpus": num_cpus, "dashboard_host": dashboard_host, "dashboard_port": dashboard_port}
     kw["address"] = "local"  # a new local instance, never a cluster someone else started here
+    import torch
+
+    if torch.cuda.is_available():
+        # Ray counts GPUs through NVML and says 0, without an error, when that fails: the grid would
+        # then run every trial at once, uncapped, on the GPU torch sees. Tell Ray what torch sees.
+        kw["num_gpus"] = torch.cuda.device_count()
     missing = dashboard_unavailable()
     if missing:
         # Checked before ray.init: a start that fails on the dashboard leaves its half-started

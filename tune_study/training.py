@@ -171,8 +171,9 @@ def evaluate(model, split: dict, batch_size: int = 64, autocast=None) -> dict:
     probs = []
     prepared = "full" in split and _sdpa_bert(model)
     for i in range(0, n, batch_size):
-        rows = torch.arange(i, min(i + batch_size, n))
-        b = _batch(split, rows.to(split["labels"].device), rows, prepared)
+        # Indices made on each side: a host-to-device copy of them would wait for the GPU's queue.
+        j = min(i + batch_size, n)
+        b = _batch(split, torch.arange(i, j, device=split["labels"].device), torch.arange(i, j), prepared)
         with autocast or contextlib.nullcontext():
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float()
         loss_sum += F.cross_entropy(logits, b["labels"], reduction="sum")

@@ -85,7 +85,7 @@ def test_gpu_check_smoke(tmp_path):
                          "--only", "env", "dashboard", "grid_packed", "cuda_paths"])
     assert rc == 0
     res = json.loads((out / "gpu_check.json").read_text())
-    assert [s["stage"] for s in res["stages"]] == ["env", "dashboard", "grid_packed", "cuda_paths"]
+    assert [s["stage"] for s in res["stages"]] == ["env", "dashboard", "cuda_paths", "grid_packed"]
     assert all(s["status"] == "ok" for s in res["stages"])
     assert res["dashboard"]["ray_up"] is True
     assert res["cuda_paths"] == {"skipped": "no CUDA device"}
@@ -152,3 +152,10 @@ def test_local_ray_gets_the_gpus_torch_sees():
                        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
     assert r.returncode == 0, r.stderr[-2000:]
     assert "GPU 2.0" in r.stdout
+
+
+def test_mask_path_check_runs_and_agrees():
+    """The GPU run compares the host-side mask path with the 2-D mask in bf16; here on the CPU."""
+    r = gpu_check.mask_path_check("tiny-bert", torch.device("cpu"))
+    assert r["mask_path_used"] is True
+    assert r["mask_path_max_logit_diff_unpadded"] < 0.05 and r["mask_path_max_logit_diff_padded"] < 0.05

@@ -157,10 +157,10 @@ def hf_trainer(model: str, batch: int, max_len: int, steps: int) -> dict:
 def _worker(args):
     model, batch, max_len, steps, precision, compile_, barrier, q = args
     try:
-        q.put(ours(model, batch, batch, max_len, steps, precision, compile_, barrier=barrier))
+        q.put({**ours(model, batch, batch, max_len, steps, precision, compile_, barrier=barrier), "pid": os.getpid()})
     except BaseException as e:  # the parent must not wait forever on a worker that died
         barrier.abort()
-        q.put({"error": f"{type(e).__name__}: {e}"})
+        q.put({"error": f"{type(e).__name__}: {e}", "pid": os.getpid()})
 
 
 def concurrent(model: str, k: int, batch: int, max_len: int, steps: int, precision: str,
@@ -183,7 +183,8 @@ def concurrent(model: str, k: int, batch: int, max_len: int, steps: int, precisi
         try:
             rows.append(q.get(timeout=5))
         except queue.Empty:
-            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            done = {r.get("pid") for r in rows}  # a worker that crashes on teardown after its row is fine
+            dead = [p.exitcode for p in procs if p.pid not in done and p.exitcode not in (None, 0)]
             if dead:
                 for p in procs:
                     p.kill()

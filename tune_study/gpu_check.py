@@ -10,9 +10,10 @@ and whatever finished is written. Stages:
 
   env            versions, the card, which optional packages are missing
   dashboard      ray.init with the dashboard; on a host without ray[default] it must fall back
+  cuda_paths     the host-side mask path against the 2-D mask (bf16 logits), the micro-batch probe
+                 (whole card and a 10% memory cap) and the OOM-halving path
   bench          python -m tune_study.bench: ours vs HF Trainer at batch 16/256/1024, 4 packed trials
   grid_packed    the shortened seed grid (search_spaces/gpu_short.yaml) with GPU fractions
-  cuda_paths     micro-batch probe (whole card and a 10% memory cap) and the OOM-halving path
   bf16           bf16 vs fp32 train loss over 300 optimizer steps
   compile        ours under torch.compile at batch 256 and 1024
   grid_unpacked  the same grid, one trial per GPU (no fractions), against grid_packed
@@ -77,11 +78,11 @@ def plan(smoke: bool, out: Path, work: Path) -> list[tuple[str, list[str], int]]
     return [
         ("env", _py("-m", "tune_study.gpu_check", "--stage", "env", "--out", str(out / "env")), 60),
         ("dashboard", _py("-m", "tune_study.gpu_check", "--stage", "dashboard", "--out", str(out / "dashboard")), 90),
-        ("bench", _py(*bench, "--models", big, "--batch-sizes", *sizes, "--concurrent", "4",
-                      "--out", str(out / "bench")), 240),
-        ("grid_packed", _py(*grid, "--space", str(packed)), 300),
         ("cuda_paths", _py("-m", "tune_study.gpu_check", "--stage", "cuda_paths", "--model", big,
-                           "--out", str(out / "cuda_paths")), 120),
+                           "--out", str(out / "cuda_paths")), 90),
+        ("bench", _py(*bench, "--models", big, "--batch-sizes", *sizes, "--concurrent", "4",
+                      "--out", str(out / "bench")), 210),
+        ("grid_packed", _py(*grid, "--space", str(packed)), 240),
         ("bf16", _py(*bench, "--models", big, "--batch-sizes", "16", "--skip-eager", "--no-baseline",
                      "--check-bf16", "300", "--out", str(out / "bf16")), 120),
         ("compile", _py(*bench, "--models", big, "--batch-sizes", *sizes[1:], "--compile", "--skip-eager",
@@ -175,6 +176,35 @@ def stage_dashboard(out: Path) -> None:
         raise SystemExit("ray did not start")
 
 
+def mask_path_check(model_name: str, device) -> dict:
+    """bf16 logits of padded rows through the host-side mask path (no mask / 4-D mask) against the
+    plain 2-D mask, on this device: the path train() takes on CUDA, checked where it runs."""
+    import torch
+
+    from .bench import synthetic
+    from .models import load_model
+    from .training import _autocast, _batch, _on_device, _sdpa_bert
+
+    model = load_model(model_name).to(device).eval()
+    used = _sdpa_bert(model)
+    data = synthetic(64, 128, seed=3)
+    lengths = torch.randint(20, 129, (64,), generator=torch.Generator().manual_seed(3))
+    lengths[:16] = 128  # a quarter without padding: the no-mask (flash) path
+    data["attention_mask"] = (torch.arange(128)[None, :] < lengths[:, None]).to(torch.int8)
+    data["input_ids"] = data["input_ids"] * data["attention_mask"]
+    split = _on_device(data, device)
+    diffs = []
+    with torch.no_grad(), _autocast(device, "bf16"):
+        for rows in (torch.arange(0, 16), torch.arange(16, 64)):
+            a = model(**{k: v for k, v in _batch(split, rows.to(device), rows, True).items() if k != "labels"}).logits
+            b = model(**{k: v for k, v in _batch(split, rows.to(device), rows).items() if k != "labels"}).logits
+            diffs.append(float((a.float() - b.float()).abs().max()))
+    del model
+    torch.cuda.empty_cache()
+    return {"mask_path_used": used, "mask_path_max_logit_diff_unpadded": diffs[0],
+            "mask_path_max_logit_diff_padded": diffs[1]}
+
+
 def stage_cuda_paths(out: Path, model: str) -> None:
     """The micro-batch probe on the whole card and under a 10% memory cap, then a trial whose fixed
     micro-batch does not fit under the cap: it must halve, and match a run started at that size."""
@@ -194,6 +224,7 @@ def stage_cuda_paths(out: Path, model: str) -> None:
         return
     os.environ["TUNE_STUDY_CACHE"] = tempfile.mkdtemp(prefix="probe_cache_")  # probe afresh, cache nothing
     dev = torch.device("cuda")
+    res.update(mask_path_check(model, dev))
     c = resolve_config({"model": model, "batch_size": 1024, "max_len": 128})
     t = time.perf_counter()
     res["probe_whole_card"] = auto_micro_batch(c, dev, "bf16")
@@ -223,6 +254,15 @@ def _read_csvs(out: Path, names: list[str]):
 
     frames = [pd.read_csv(out / n / "bench.csv") for n in names if (out / n / "bench.csv").exists()]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _num(x) -> float:
+    """A measured number, 0 where it is missing (an older history without the column)."""
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return 0.0
+    return x if math.isfinite(x) else 0.0
 
 
 def _schedule(durations: list[float], shares: list[float], n_gpus: int = 1) -> float:
@@ -263,10 +303,9 @@ def project_seed_grid(trials, history, grid=SEED_GRID, n_gpus: int = 1) -> dict:
             continue
         first, last = h.iloc[0], h.iloc[-1]
         sps = float(last["samples_per_s"])
-        eval_s = float(last.get("eval_s", 0.0) or 0.0)
+        eval_s = _num(last.get("eval_s"))
         rest = float(last["time_this_iter_s"] - last["epoch_train_s"]) - eval_s
-        startup = max(0.0, float(first["time_this_iter_s"] - first["epoch_train_s"])
-                      - float(first.get("eval_s", 0.0) or 0.0) - rest)
+        startup = max(0.0, float(first["time_this_iter_s"] - first["epoch_train_s"]) - _num(first.get("eval_s")) - rest)
         eval_full = eval_s * grid["n_val"] / float(t.n_val)
         trial_s = startup + grid["epochs"] * (grid["n_train"] / sps + eval_full + rest)
         share = float(t.gpu_share) if getattr(t, "gpu_share", 0) and t.gpu_share == t.gpu_share else 1.0
@@ -443,6 +482,14 @@ def _salvage_grid(argv: list[str], work: Path) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
+def _summarize_and_archive(out: Path, work: Path, stages: list[dict], args) -> None:
+    try:
+        summarize(out, work, stages, args.smoke)
+        _archive(out, args.archive)
+    except Exception as e:
+        print(f"[gpu_check] summary or archive failed: {type(e).__name__}: {e}", flush=True)
+
+
 def _archive(out: Path, dest: str | None) -> None:
     if not dest:
         return
@@ -502,15 +549,10 @@ def main(argv=None) -> int:
             print(f"[gpu_check] {name}: skipped, budget spent", flush=True)
             continue
         stages.append(run_stage(name, argv_, min(longest, left), out))
-        try:  # after every stage: a run killed later still leaves a summary
-            summarize(out, work, stages, args.smoke)
-        except Exception as e:
-            print(f"[gpu_check] summary failed: {type(e).__name__}: {e}", flush=True)
         if name.startswith("grid"):
             _salvage_grid(argv_, work)
-        _archive(out, args.archive)
-    summarize(out, work, stages, args.smoke)
-    _archive(out, args.archive)
+        _summarize_and_archive(out, work, stages, args)  # after every stage: a run killed later keeps it
+    _summarize_and_archive(out, work, stages, args)
     print((out / "gpu_check.md").read_text())
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)

@@ -152,7 +152,7 @@ def init_ray(address: str | None, dashboard_host: str, dashboard_port: int, num_
               "running without it. Install ray[default] for the dashboard.")
         if ray.is_initialized():
             ray.shutdown()
-        return ray.init(address="local", include_dashboard=False, num_cpus=num_cpus)
+        return ray.init(include_dashboard=False, **kw)
 
 
 def print_dashboard(ctx) -> None:

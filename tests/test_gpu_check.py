@@ -97,20 +97,25 @@ def test_gpu_check_smoke(tmp_path):
     assert "## Projection of the full seed grid" in md
 
 
-def test_missing_dashboard_extra_is_a_warning_not_a_crash():
-    """The GPU host has ray but not ray[default]'s packages: Ray must come up without the dashboard.
-    (Simulated in a fresh driver by making aiohttp_cors unimportable there.)"""
+def _fresh_driver(code: str):
+    """Run ``code`` as its own Ray driver (a clean process: its own Ray, its own patched modules)."""
     import os
     import subprocess
     import sys
 
-    code = ("import sys; sys.modules['aiohttp_cors'] = None\n"
-            "import ray\nfrom tune_study.grid import init_ray, print_dashboard\n"
-            "ctx = init_ray(None, '127.0.0.1', 8265, 1)\nprint_dashboard(ctx)\n"
-            "print('UP', ray.is_initialized(), ray.cluster_resources().get('CPU'))\nray.shutdown()\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
                        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
     assert r.returncode == 0, r.stderr[-2000:]
+    return r
+
+
+def test_missing_dashboard_extra_is_a_warning_not_a_crash():
+    """The GPU host has ray but not ray[default]'s packages: Ray must come up without the dashboard.
+    (Simulated in a fresh driver by making aiohttp_cors unimportable there.)"""
+    r = _fresh_driver("import sys; sys.modules['aiohttp_cors'] = None\n"
+                      "import ray\nfrom tune_study.grid import init_ray, print_dashboard\n"
+                      "ctx = init_ray(None, '127.0.0.1', 8265, 1)\nprint_dashboard(ctx)\n"
+                      "print('UP', ray.is_initialized(), ray.cluster_resources().get('CPU'))\nray.shutdown()\n")
     assert "WARNING: the Ray dashboard is not available here (ModuleNotFoundError" in r.stdout
     assert "aiohttp_cors" in r.stdout and "Install ray[default]" in r.stdout
     assert "Ray dashboard: not running" in r.stdout and "UP True 1.0" in r.stdout
@@ -141,16 +146,10 @@ def test_prepare_fills_the_carry_folder(tmp_path):
 def test_local_ray_gets_the_gpus_torch_sees():
     """Ray's own GPU count (NVML) can come back 0 silently; the local instance takes torch's count.
     (Simulated in a fresh driver whose torch claims two GPUs.)"""
-    import os
-    import subprocess
-    import sys
-
-    code = ("import torch\ntorch.cuda.is_available = lambda: True\ntorch.cuda.device_count = lambda: 2\n"
-            "import ray\nfrom tune_study.grid import init_ray\n"
-            "init_ray(None, '127.0.0.1', 8265, 1)\nprint('GPU', ray.cluster_resources().get('GPU'))\nray.shutdown()\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
-                       env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
-    assert r.returncode == 0, r.stderr[-2000:]
+    r = _fresh_driver("import torch\ntorch.cuda.is_available = lambda: True\ntorch.cuda.device_count = lambda: 2\n"
+                      "import ray\nfrom tune_study.grid import init_ray\n"
+                      "init_ray(None, '127.0.0.1', 8265, 1)\nprint('GPU', ray.cluster_resources().get('GPU'))\n"
+                      "ray.shutdown()\n")
     assert "GPU 2.0" in r.stdout
 
 

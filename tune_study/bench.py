@@ -15,6 +15,7 @@ Writes bench.md and bench.csv to --out and prints the table.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import math
@@ -40,6 +41,22 @@ def flops_per_sample(model, max_len: int) -> float:
     cfg = model.config
     n = sum(p.numel() for name, p in model.named_parameters() if "embeddings" not in name)
     return 6 * n * max_len + 12 * cfg.num_hidden_layers * max_len * max_len * cfg.hidden_size
+
+
+@functools.lru_cache(maxsize=None)
+def model_flops_per_sample(model: str, max_len: int) -> float:
+    """``flops_per_sample`` of a registry model, built once per process (not once per case)."""
+    from .models import load_model
+
+    return flops_per_sample(load_model(model, attn_implementation=None), max_len)
+
+
+def markdown(df, floatfmt: str = ".3g") -> str:
+    """A markdown table; plain text in a fence where tabulate is missing."""
+    try:
+        return df.to_markdown(index=False, floatfmt=floatfmt)
+    except ImportError:
+        return "```\n" + df.to_string(index=False) + "\n```"
 
 
 def matmul_peak() -> float:
@@ -68,7 +85,6 @@ def ours(model: str, batch: int, micro, max_len: int, steps: int, precision: str
          barrier=None) -> dict:
     """``training.train`` for two epochs on synthetic tokens; epoch 2 is the timed one. With a
     ``barrier`` (concurrent trials), every process starts its timed epoch at the same moment."""
-    from .models import load_model
     from .training import train
 
     n = batch * timed_steps(batch, steps)
@@ -88,7 +104,7 @@ def ours(model: str, batch: int, micro, max_len: int, steps: int, precision: str
     t0 = time.perf_counter()
     hist = train(cfg, data=data, report=start_together if barrier else None, checkpoints=False)
     m = hist[-1]  # epoch 2: warm (allocator, kernels, compile) and timed alone
-    fps = flops_per_sample(load_model(model, attn_implementation=None), max_len)
+    fps = model_flops_per_sample(model, max_len)
     return {"model": model, "case": "tune_study" + (" compiled" if compile_ else ""), "batch": batch,
             "micro": m["micro_batch_size"], "accum": m["accumulation_steps"], "precision": m["precision"],
             "samples_per_s": m["samples_per_s"], "flops_per_sample": fps, "peak_gib": m["peak_mem_gib"],
@@ -281,7 +297,7 @@ def main(argv=None) -> int:
         df = table(rows, peak) if rows else pd.DataFrame(columns=cols + ["oom_halvings", "error"])
         shown = cols + (["oom_halvings"] if df["oom_halvings"].fillna(0).any() else []) + \
             (["error"] if df["error"].notna().any() else [])
-        text = df[shown].to_markdown(index=False, floatfmt=".3g") if _has_tabulate() else df[shown].to_string(index=False)
+        text = markdown(df[shown])
         text = f"# tune_study bench\n\ndevice: {device}, torch {torch.__version__}, max_len {args.max_len}\n\n{text}\n"
         text += "".join(extra)
         df.to_csv(out / "bench.csv", index=False)
@@ -330,14 +346,6 @@ def main(argv=None) -> int:
     print("\n" + text)
     print(f"wrote {out / 'bench.md'} and {out / 'bench.csv'}")
     return 1 if any("error" in r for r in rows) else 0
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-        return True
-    except ImportError:
-        return False
 
 
 if __name__ == "__main__":

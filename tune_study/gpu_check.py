@@ -338,14 +338,9 @@ def _fit_seconds(log: Path) -> float | None:
     return float(m.group(1)) if m else None
 
 
-def _md(df) -> str:
-    try:
-        return df.to_markdown(index=False, floatfmt=".4g")
-    except ImportError:
-        return "```\n" + df.to_string(index=False) + "\n```"
-
-
 def summarize(out: Path, work: Path, stages: list[dict], smoke: bool) -> dict:
+    from .bench import markdown
+
     big = "tiny-bert" if smoke else "bert-base-random"
     env = json.loads((out / "env" / "env.json").read_text()) if (out / "env" / "env.json").exists() else {}
     device = env.get("device", "?")
@@ -407,10 +402,10 @@ def summarize(out: Path, work: Path, stages: list[dict], smoke: bool) -> dict:
                             "samples_per_s", "peak_mem_gib", "oom_halvings", "wall_time_s", "device") if c in t]
         lines += [f"## {name}: {len(t)} trials, Tuner.fit {fit if fit is not None else '?'} s "
                   f"(stage wall {next((s['wall_s'] for s in stages if s['stage'] == name), '?')} s)", "",
-                  _md(t[cols]), ""]
+                  markdown(t[cols], ".4g"), ""]
     if proj and len(proj["per_trial"]):
         lines += ["## Projection of the full seed grid (one GPU)", "", project_seed_grid.__doc__.strip(), "",
-                  _md(proj["per_trial"]), ""]
+                  markdown(proj["per_trial"], ".4g"), ""]
 
     for name, fname in (("cuda_paths", "cuda_paths.json"), ("dashboard", "dashboard.json")):
         f = out / name / fname

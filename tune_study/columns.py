@@ -1,0 +1,58 @@
+"""The study's exported tables and their column names, defined once.
+
+The training loop reports these names, ``results`` writes the tables (it is their only writer) and
+the report reads them. Three tables per study folder, each as CSV and Parquet:
+
+  trials       one row per trial: its config (axes and fixed values, ``stage``), status, progress,
+               the best-val epoch and the test metrics of its best-val weights, throughput, memory
+  history      one row per *evaluation* of val: ``evals_per_epoch`` evenly spaced points per epoch,
+               the last at the epoch's end (``epoch_end``); ``epoch`` is fractional (1.5 = half-way
+               through epoch 2), with the optimizer steps and samples seen at that point
+  predictions  one row per trial x test example: the best-val weights' probability of the positive
+               class and the label, keyed by the test row (every trial scores the same test rows)
+"""
+from __future__ import annotations
+
+# The axes a study varies most often, in the order tables sort by.
+AXIS_ORDER = ["model", "batch_size", "scheduler", "seed"]
+
+# Which Tune run a trial belongs to: the grid, an Optuna search, or the seed repeats of the top
+# configs that run after the grid or search in the same study folder.
+STAGES = ("grid", "search", "repeat")
+
+# One evaluation of val (mid-epoch or at the epoch's end).
+EVAL_COLUMNS = ["epoch", "epoch_end", "optimizer_steps", "samples_seen", "train_loss", "val_loss", "val_acc"]
+
+# Reported at each epoch's end (the rows of history with epoch_end True carry them too).
+EPOCH_COLUMNS = [
+    "lr", "samples_per_s", "epoch_train_s", "eval_s", "train_time_s",
+    "best_epoch", "best_val_acc", "best_val_loss",
+    "test_acc", "test_loss", "test_nll", "test_ece", "test_confidence", "test_reliability",
+    "micro_batch_size", "accumulation_steps", "oom_halvings", "peak_mem_gib", "precision", "device",
+    "n_train", "n_val", "n_test", "val_majority_rate", "resumed_from_epoch", "best_model_path",
+]
+
+# Added by the runner or by Tune to each reported result.
+RUNNER_COLUMNS = ["node_id", "gpu_share", "replayed", "from_checkpoint", "time_this_iter_s", "time_total_s"]
+
+# The history table: trial id, its axes (added by results), then these.
+HISTORY_COLUMNS = [*EVAL_COLUMNS, "lr", "samples_per_s", "epoch_train_s", "eval_s", "best_epoch", "best_val_acc",
+                   "test_acc", "test_loss", "test_ece", "test_confidence", "micro_batch_size",
+                   "accumulation_steps", "oom_halvings", "peak_mem_gib", "resumed_from_epoch",
+                   "replayed", "from_checkpoint", "time_this_iter_s", "time_total_s"]
+
+# The trials table, after the trial id, stage and axes.
+TRIAL_COLUMNS = [
+    "status", "stopped_early", "epochs_run", "epochs_planned", "optimizer_steps", "samples_seen",
+    "best_epoch", "best_val_acc", "best_val_loss", "test_acc", "test_loss", "test_nll", "test_ece",
+    "test_confidence", "test_reliability", "samples_per_s", "wall_time_s", "best_model_path",
+    "micro_batch_size", "accumulation_steps", "peak_mem_gib", "oom_halvings", "device", "gpu_share",
+    "precision", "node_id", "n_train", "n_val", "n_test", "val_majority_rate", "evals_per_epoch",
+    "error", "trial_path",
+]
+
+# The predictions table.
+PREDICTION_COLUMNS = ["trial_id", "row", "label", "prob_pos"]
+
+# File names of the exports in a study folder (each also as .parquet).
+TRIALS, HISTORY, PREDICTIONS = "trials", "history", "predictions"

@@ -11,7 +11,7 @@ import torch
 
 from tune_study import grid, train
 from tune_study.errors import StudyError
-from tune_study.training import load_state
+from tune_study.checkpoints import load_state
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "search_spaces" / "smoke.yaml"

@@ -1,8 +1,6 @@
 """tune_study.data: sources, cleaning, label mapping, dedup, the stratified 8:1:1 split, the token cache."""
 from __future__ import annotations
 
-import json
-import math
 
 import pandas as pd
 import pytest

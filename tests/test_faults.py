@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from tune_study import grid
-from tune_study.training import checkpoint_epoch, train
+from tune_study.checkpoints import checkpoint_epoch
+from tune_study.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "search_spaces" / "smoke.yaml"

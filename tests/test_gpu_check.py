@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tune_study import bench, gpu_check, training
+from tune_study import bench, gpu_check, memory, training
 
 
 def test_projection_arithmetic():
@@ -55,8 +55,8 @@ def test_memory_cap_follows_the_gpu_share(monkeypatch):
     calls = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d=None: calls.append(f))
-    assert training.cap_gpu_memory(0.25) == pytest.approx(0.2375) and calls == [pytest.approx(0.2375)]
-    assert training.cap_gpu_memory(1.0) is None and training.cap_gpu_memory(0.0) is None
+    assert memory.cap_gpu_memory(0.25) == pytest.approx(0.2375) and calls == [pytest.approx(0.2375)]
+    assert memory.cap_gpu_memory(1.0) is None and memory.cap_gpu_memory(0.0) is None
     assert len(calls) == 1  # a whole GPU, or none, is left uncapped
 
 

@@ -6,6 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
+import tune_study.checkpoints as checkpoints
+import tune_study.memory as memory
 import tune_study.training as training
 from tune_study import bench, grid
 
@@ -25,7 +27,7 @@ def test_oom_halves_micro_batch_and_keeps_the_update(monkeypatch, tmp_path):
            "precision": "fp32"}
     data = _data()
     reference = training.train({**cfg, "micro_batch_size": 4}, data=data,
-                               report=lambda m, d: torch.save(training.load_state(d)["model"], tmp_path / "ref.pt"))
+                               report=lambda m, d: torch.save(checkpoints.load_state(d)["model"], tmp_path / "ref.pt"))
     real = training.accumulate_gradients
 
     def tight_memory(model, micro_batches, autocast=None):
@@ -38,7 +40,7 @@ def test_oom_halves_micro_batch_and_keeps_the_update(monkeypatch, tmp_path):
 
     monkeypatch.setattr(training, "accumulate_gradients", tight_memory)
     halved = training.train({**cfg, "micro_batch_size": 16}, data=data,
-                            report=lambda m, d: torch.save(training.load_state(d)["model"], tmp_path / "oom.pt"))
+                            report=lambda m, d: torch.save(checkpoints.load_state(d)["model"], tmp_path / "oom.pt"))
     assert halved[-1]["micro_batch_size"] == 4 and halved[-1]["oom_halvings"] == 2
     assert halved[-1]["accumulation_steps"] == 4
     assert [h["optimizer_steps"] for h in halved] == [h["optimizer_steps"] for h in reference] == [2, 4]
@@ -49,9 +51,9 @@ def test_oom_halves_micro_batch_and_keeps_the_update(monkeypatch, tmp_path):
 
 def test_auto_micro_batch_on_cpu():
     c = training.resolve_config({"model": "tiny-bert", "batch_size": 64, "micro_batch_size": "auto"})
-    assert training.auto_micro_batch(c, torch.device("cpu"), "fp32") == 16
+    assert memory.auto_micro_batch(c, torch.device("cpu"), "fp32") == 16
     c = training.resolve_config({"model": "tiny-bert", "batch_size": 8, "micro_batch_size": "auto"})
-    assert training.auto_micro_batch(c, torch.device("cpu"), "fp32") == 8
+    assert memory.auto_micro_batch(c, torch.device("cpu"), "fp32") == 8
 
 
 def test_gpu_fraction_packing(monkeypatch):

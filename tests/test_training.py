@@ -11,12 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import tune_study.checkpoints as checkpoints
 import tune_study.training as training
 from tune_study.errors import StudyError
 from tune_study.metrics import calibration
 from tune_study.models import KNOWN, count_parameters, load_model, load_tokenizer, minilm_path, resolve, tokenizer_id
-from tune_study.training import (CHECKPOINT_FILE, accumulate_gradients, evaluate, load_state, resolve_config,
-                                 save_state, train)
+from tune_study.checkpoints import CHECKPOINT_FILE, load_state, save_state
+from tune_study.training import accumulate_gradients, evaluate, resolve_config, train
 
 TIMING_KEYS = {"samples_per_s", "epoch_train_s", "eval_s", "train_time_s"}
 
@@ -353,7 +354,7 @@ def test_resume_reproduces_straight_run(tmp_path, monkeypatch):
     assert straight[0]["train_loss"] == first[0]["train_loss"]
 
     # negative control: without restoring the RNG state, dropout draws differ and so do the weights
-    monkeypatch.setattr(training, "_set_rng_state", lambda s: None)
+    monkeypatch.setattr(training, "set_rng_state", lambda s: None)
     train(cfg, report=keeper(tmp_path / "no_rng"), data=data, resume_from=tmp_path / "first" / "epoch1")
     c = torch.load(tmp_path / "no_rng" / "epoch2" / CHECKPOINT_FILE, weights_only=True)
     assert any(not torch.equal(a["model"][k], c["model"][k]) for k in a["model"])
@@ -374,7 +375,7 @@ def test_checkpoint_roundtrip(tmp_path):
     save_state(tmp_path / "ck", _full_state())
     names = {p.name for p in (tmp_path / "ck").iterdir()}
     assert CHECKPOINT_FILE in names and not [n for n in names if n.endswith(".tmp")]
-    assert training.checkpoint_epoch(tmp_path / "ck") == 1
+    assert checkpoints.checkpoint_epoch(tmp_path / "ck") == 1
     state = load_state(tmp_path / "ck")
     assert torch.equal(state["model"]["w"], torch.arange(6.0)) and state["progress"] == {"steps": 3}
 
@@ -383,7 +384,7 @@ def test_truncated_checkpoint_is_corrupt(tmp_path):
     save_state(tmp_path, _full_state())
     f = tmp_path / CHECKPOINT_FILE
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-    assert training.checkpoint_epoch(tmp_path) is None  # the cheap check sees the torn file too
+    assert checkpoints.checkpoint_epoch(tmp_path) is None  # the cheap check sees the torn file too
     with pytest.raises(StudyError, match="corrupt"):
         load_state(tmp_path)
     with pytest.raises(StudyError, match="corrupt"):

@@ -183,7 +183,7 @@ def mask_path_check(model_name: str, device) -> dict:
 
     from .bench import synthetic
     from .models import load_model
-    from .training import _autocast, _batch, _on_device, _sdpa_bert
+    from .training import autocast_for as _autocast, _batch, _on_device, _sdpa_bert
 
     model = load_model(model_name).to(device).eval()
     used = _sdpa_bert(model)
@@ -213,7 +213,8 @@ def stage_cuda_paths(out: Path, model: str) -> None:
     import torch
 
     from .bench import synthetic
-    from .training import auto_micro_batch, cap_gpu_memory, resolve_config, train
+    from .memory import auto_micro_batch, cap_gpu_memory
+    from .training import resolve_config, train
 
     out.mkdir(parents=True, exist_ok=True)
     res = {}

@@ -831,7 +831,7 @@ def _markdown(study, kind, study_dir, source, trials, history, cfgs, cfg_cols, s
               f"({', '.join(sorted(set(map(str, unfinished['status']))))}); this report covers what they reported.", ""]
     errors = trials[trials["status"] == "ERROR"] if len(trials) else trials
     if len(errors):
-        L += [f"**Errored trials**: " + "; ".join(f"{r.cfg} ({r.trial_id}): {getattr(r, 'error', '') or 'error'}"
+        L += ["**Errored trials**: " + "; ".join(f"{r.cfg} ({r.trial_id}): {getattr(r, 'error', '') or 'error'}"
                                                 for r in errors.itertuples()), ""]
     done = cfgs[cfgs["n"] > 0] if len(cfgs) else cfgs
     if not len(done):

@@ -13,8 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import random
 import shutil
 import tempfile
 import time
@@ -24,7 +22,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .checkpoints import checkpoint_epoch, load_state, rng_state, save_state, set_rng_state
 from .errors import StudyError
+from .memory import auto_micro_batch, cap_gpu_memory
 from .metrics import calibration
 
 TRAIN_DEFAULTS = {
@@ -48,7 +48,6 @@ TRAIN_DEFAULTS = {
     "data": {},
 }
 SCHEDULERS = ("constant", "linear", "cosine")
-CHECKPOINT_FILE = "state.pt"
 
 
 # ----------------------------------------------------------------------------- config
@@ -128,7 +127,7 @@ def accumulate_gradients(model, micro_batches: list[dict], autocast=None) -> tor
     return total / n_total
 
 
-def _autocast(device: torch.device, precision: str):
+def autocast_for(device: torch.device, precision: str):
     if precision != "bf16":
         return None
     return torch.autocast(device.type, dtype=torch.bfloat16)
@@ -185,63 +184,6 @@ def evaluate(model, split: dict, batch_size: int = 64, autocast=None) -> dict:
             "probs": probs, "labels": labels}
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-def save_state(path: str | Path, state: dict) -> None:
-    """Write the full training state; loaded back with ``torch.load(weights_only=True)``."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    tmp = path / (CHECKPOINT_FILE + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path / CHECKPOINT_FILE)
-    # The per-epoch metrics so far, small and readable without torch: exports use it to fill any
-    # result line Ray lost to a crash or a killed driver.
-    (path / "history.json").write_text(json.dumps(state.get("history", []), default=str))
-    # Written last: a checkpoint is complete when meta.json is there and state.pt has its size.
-    (path / "meta.json").write_text(json.dumps({"epoch": state["epoch"],
-                                               "bytes": (path / CHECKPOINT_FILE).stat().st_size}))
-
-
-def checkpoint_epoch(path: str | Path) -> int | None:
-    """The epoch a checkpoint holds, or None if it is partial (cheap: reads meta.json only)."""
-    path = Path(path)
-    try:
-        meta = json.loads((path / "meta.json").read_text())
-        return meta["epoch"] if (path / CHECKPOINT_FILE).stat().st_size == meta["bytes"] else None
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def load_state(path: str | Path) -> dict:
-    f = Path(path) / CHECKPOINT_FILE
-    if not f.exists():
-        raise StudyError(f"checkpoint {path}: no {CHECKPOINT_FILE} in it (partial checkpoint)")
-    try:
-        # weights_only: a checkpoint is data; never run an unpickler that can execute code.
-        state = torch.load(f, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise StudyError(f"checkpoint {f} is corrupt or unreadable: {type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}") from e
-    missing = {"model", "optimizer", "scheduler", "rng", "epoch", "best", "progress"} - set(state)
-    if missing:
-        raise StudyError(f"checkpoint {f} is incomplete: missing {sorted(missing)}")
-    return state
-
-
-def _rng_state() -> dict:
-    s = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        s["cuda"] = torch.cuda.get_rng_state_all()
-    return s
-
-
-def _set_rng_state(s: dict) -> None:
-    torch.set_rng_state(s["torch"])
-    random.setstate(s["python"])
-    if "cuda" in s and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
-
 # ----------------------------------------------------------------------------- the loop
 
 def pick_device(name: str) -> torch.device:
@@ -278,7 +220,7 @@ def train(config: dict, report: Callable[[dict, str | None], object] | None = No
     precision = c["precision"]
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    autocast = _autocast(device, precision)
+    autocast = autocast_for(device, precision)
 
     data = data if data is not None else load_tokenized(c["data"], c["model"], c["max_len"])
     train_split, val_split, test_split = (_on_device(data[s], device) for s in ("train", "val", "test"))
@@ -316,7 +258,7 @@ def train(config: dict, report: Callable[[dict, str | None], object] | None = No
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         start_epoch, best, progress = state["epoch"], state["best"], state["progress"]
         history = list(state.get("history", []))
         m = state.get("micro_batch_size", m)
@@ -410,7 +352,7 @@ def train(config: dict, report: Callable[[dict, str | None], object] | None = No
         elif report is not None:
             with tempfile.TemporaryDirectory(prefix="tune_study_ckpt_") as ckpt:
                 save_state(ckpt, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                  "scheduler": scheduler.state_dict(), "rng": _rng_state(),
+                                  "scheduler": scheduler.state_dict(), "rng": rng_state(),
                                   "epoch": epoch + 1, "best": best, "progress": progress,
                                   "history": history, "micro_batch_size": m})
                 stop = report(metrics, ckpt)
@@ -443,71 +385,6 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu x{torch.get_num_threads()}"
-
-
-# ----------------------------------------------------------------------------- micro-batch probe
-
-def cap_gpu_memory(fraction: float, device: torch.device | None = None) -> float | None:
-    """Cap this process's CUDA allocator at its share of the card (a trial holding 0.25 of a GPU gets
-    ~0.25 of its memory), so packed trials cannot starve each other: a trial that outgrows its share
-    hits an OOM, which halves its micro-batch, instead of taking memory a neighbour was promised.
-    Returns the fraction set (5% is left for the CUDA contexts), or None for a whole or no GPU."""
-    if not (0 < fraction < 1) or not torch.cuda.is_available():
-        return None
-    cap = round(fraction * 0.95, 4)
-    torch.cuda.set_per_process_memory_fraction(cap, device)
-    return cap
-
-
-def auto_micro_batch(c: dict, device: torch.device, precision: str, memory_cap: float | None = None) -> int:
-    """The largest power of two <= batch_size whose real training step (forward, backward and a
-    fused-AdamW step, so the optimizer's state is counted) fits, cached per (model, max_len,
-    precision, GPU, memory cap). On CPU memory is not the limit: 16 (measured best)."""
-    B = c["batch_size"]
-    if device.type != "cuda":
-        return min(B, 16)
-    from .data import cache_dir
-    from .models import load_model
-
-    key = f"{c['model']}|{c['max_len']}|{precision}|{torch.cuda.get_device_name(device)}|cap={memory_cap or 1}"
-    cache = cache_dir() / "micro_batch.json"
-    try:
-        known = json.loads(cache.read_text()) if cache.exists() else {}
-    except ValueError:  # a torn write by a concurrent trial: probe again
-        known = {}
-    if key in known:
-        return min(B, known[key])
-    t0 = time.perf_counter()
-    model = load_model(c["model"]).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.0, fused=True)  # lr 0: state only
-    autocast = _autocast(device, precision)
-    top = 1 << (min(B, 1024).bit_length() - 1)
-    m = top
-    while m > 1:
-        try:
-            x = torch.randint(1000, 2000, (m, c["max_len"]), device=device)
-            accumulate_gradients(model, [{"input_ids": x, "attention_mask": torch.ones_like(x),
-                                          "labels": torch.zeros(m, dtype=torch.long, device=device)}], autocast)
-            optimizer.step()
-            torch.cuda.synchronize(device)
-            break
-        except torch.cuda.OutOfMemoryError:
-            pass
-        # Out of the except block, so the exception's frames (and the tensors they hold) are gone.
-        model.zero_grad(set_to_none=True)
-        torch.cuda.empty_cache()
-        m //= 2
-    del model, optimizer
-    torch.cuda.empty_cache()
-    print(f"micro_batch_size auto: {m} for {c['model']} at max_len {c['max_len']}, {precision}"
-          f"{f', memory cap {memory_cap}' if memory_cap else ''} (probe {time.perf_counter() - t0:.1f} s)", flush=True)
-    if B >= 1024 or m < top:  # only a probe that hit a limit (or the 1024 ceiling) is general
-        known[key] = m
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known, indent=1))
-        os.replace(tmp, cache)
-    return m
 
 
 # ----------------------------------------------------------------------------- Ray Tune

@@ -9,11 +9,16 @@
                        30,522-row embedding that the bundled uncased vocabulary needs)
 Any other hub id ("org/name") or local directory with a config.json also works.
 
+A hub model must be loadable before a study starts: ``resolve`` checks that its config.json is in
+the local Hugging Face cache or, online, that the hub knows the repo (one metadata call, no weights).
+With HF_HUB_OFFLINE set only the local cache counts.
+
 Random-weight models borrow the bundled uncased WordPiece tokenizer, since no other tokenizer is on
 disk; RoBERTa's real 50,265-row vocabulary is kept so its compute matches roberta-base.
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -50,7 +55,7 @@ def resolve(name: str) -> str:
     if name == "minilm":
         return minilm_path()
     if name in HUB:
-        return HUB[name]
+        return _available(name, HUB[name])
     if name in RANDOM:
         return name
     if Path(name).expanduser().is_dir():
@@ -58,9 +63,58 @@ def resolve(name: str) -> str:
             raise StudyError(f"model: directory {name} has no config.json")
         return str(Path(name).expanduser())
     if "/" in name and not name.startswith((".", "/", "~")):
-        return name  # a hub id such as "answerdotai/ModernBERT-base"
+        return _available(name, name)  # a hub id such as "answerdotai/ModernBERT-base"
     raise StudyError(f"model: unknown model '{name}'; known: {', '.join(KNOWN)}, "
                      "or a hub id 'org/name', or a local directory")
+
+
+def _available(name: str, repo_id: str) -> str:
+    problem = hub_problem(repo_id)
+    if problem:
+        label = f"'{name}'" if name == repo_id else f"'{name}' ({repo_id})"
+        raise StudyError(f"model: model {label} is not available: {problem}; use a local directory "
+                         "with config.json, or run once with network to fill the cache", key="model")
+    return repo_id
+
+
+def _offline() -> bool:
+    from huggingface_hub import is_offline_mode
+
+    # The library reads HF_HUB_OFFLINE once, at import; a later setting still means "cache only".
+    late = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    return is_offline_mode() or late
+
+
+@functools.lru_cache(maxsize=None)
+def hub_problem(repo_id: str) -> str | None:
+    """Why a hub model cannot be loaded here, or None. Cached per id: ``resolve`` runs often.
+
+    The local cache first (what transformers would use offline); online, one metadata call with a
+    short timeout, so that a typo or an unreachable hub is caught before anything runs.
+    """
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+
+    try:
+        if isinstance(huggingface_hub.try_to_load_from_cache(repo_id, "config.json"), str):
+            return None
+    except (ValueError, OSError):
+        pass  # a malformed id or an unreadable cache: let the hub (or the message) say so
+    if _offline():
+        return ("not in the local Hugging Face cache and the hub cannot be reached "
+                "(HF_HUB_OFFLINE=1: only the local cache is used)")
+    try:
+        huggingface_hub.HfApi().model_info(repo_id, timeout=10)
+    except HFValidationError:
+        return "not a valid hub id (expected 'org/name')"
+    except GatedRepoError:
+        return "a gated repo: accept its terms on the hub and log in (hf auth login)"
+    except RepositoryNotFoundError:
+        return "not found on the hub (a typo, or a private repo: log in with hf auth login)"
+    except Exception as e:  # no network, DNS, timeout, proxy, server error
+        msg = str(e).splitlines()[0] if str(e) else ""
+        return f"not in the local Hugging Face cache and the hub cannot be reached ({type(e).__name__}: {msg})"
+    return None
 
 
 def tokenizer_id(name: str) -> str:

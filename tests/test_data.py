@@ -475,3 +475,61 @@ def test_load_tokenized_aclimdb_change_invalidates(tmp_path, private_cache):
         (root / "aclImdb" / "train" / "pos" / f"{i}_9.txt").write_text(f"a new positive review {i}")
     after = load_tokenized(cfg, "tiny-bert", 16)
     assert after["meta"]["n_train"] == 40
+
+
+def test_load_tokenized_hub_folder_change_invalidates(tmp_path, private_cache, monkeypatch):
+    """A local dataset folder given as hub_id: its files are stamped, so new rows mean new tokens."""
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    make_df(20, 20).to_parquet(folder / "train.parquet", index=False)
+    cfg = {"source": "hub", "hub_id": str(folder)}
+    before = load_tokenized(cfg, "tiny-bert", 16)
+    assert before["meta"]["n_train"] == 32
+
+    calls = []
+    real = data_mod.load_reviews
+    monkeypatch.setattr(data_mod, "load_reviews", lambda c: calls.append(1) or real(c))
+    _assert_same_tokens(before, load_tokenized(cfg, "tiny-bert", 16))
+    assert calls == []  # unchanged folder: read from the cache
+
+    make_df(40, 40).to_parquet(folder / "train.parquet", index=False)  # grown to 80 rows
+    after = load_tokenized(cfg, "tiny-bert", 16)
+    assert calls == [1]
+    assert after["meta"]["n_train"] == 64
+    extra = make_df(30, 30)
+    extra["text"] = "another " + extra["text"]
+    extra.to_parquet(folder / "test.parquet", index=False)  # a file added: 140 rows
+    assert load_tokenized(cfg, "tiny-bert", 16)["meta"]["n_train"] == 112
+    assert len(list(private_cache.glob("tokens-*.pt"))) == 3
+
+
+def test_load_tokenized_hub_revision_change_invalidates(private_cache, monkeypatch):
+    """A hub dataset is keyed on the revision its builder resolves to; resolving it loads no data."""
+    import datasets
+    from types import SimpleNamespace
+
+    revision = ["1111aaaa"]
+    asked = []
+
+    def builder(hub_id, *a, **k):
+        asked.append(hub_id)
+        return SimpleNamespace(config_id="plain_text", hash=revision[0])
+
+    rows = [40]
+    loads = []
+    monkeypatch.setattr(datasets, "load_dataset_builder", builder)
+    monkeypatch.setattr(data_mod, "load_reviews", lambda c: loads.append(1) or make_df(rows[0] // 2, rows[0] // 2))
+    cfg = {"source": "hub", "hub_id": "someone/reviews"}
+    assert load_tokenized(cfg, "tiny-bert", 16)["meta"]["n_train"] == 32
+    assert load_tokenized(cfg, "tiny-bert", 16)["meta"]["n_train"] == 32
+    assert loads == [1] and asked == ["someone/reviews"] * 2  # same revision: a cache hit
+
+    revision[0], rows[0] = "2222bbbb", 80  # the repo moved on
+    assert load_tokenized(cfg, "tiny-bert", 16)["meta"]["n_train"] == 64
+    assert loads == [1, 1]
+
+
+def test_load_tokenized_unreachable_hub_dataset_is_study_error(private_cache):
+    with pytest.raises(StudyError, match="data.hub_id: could not load 'no-such-org/no-such-dataset-xyz'"):
+        load_tokenized({"source": "hub", "hub_id": "no-such-org/no-such-dataset-xyz"}, "tiny-bert", 16)
+    assert not list(private_cache.glob("tokens-*.pt"))

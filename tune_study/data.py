@@ -6,8 +6,8 @@ Sources (``config["data"]["source"]``):
   file     a local CSV / Parquet / JSONL file (``path``, ``text_column``, ``label_column``)
   aclimdb  an ``aclImdb/`` folder tree (``path``): {train,test}/{pos,neg}/*.txt
 
-Tokenization happens once per (data, tokenizer, max_len) and is cached on disk; every trial of a
-study then gets the same tensors (the grid hands them to trials through Ray's object store).
+Tokenization happens once per (data, tokenizer, max_len) and is cached on disk, keyed also on what
+the data is now (file stamps, or a hub dataset's revision); every trial of a study then gets the same tensors (the grid hands them to trials through Ray's object store).
 """
 from __future__ import annotations
 
@@ -96,13 +96,17 @@ def _hub(cfg: dict) -> tuple[pd.DataFrame, str]:
     try:
         dd = load_dataset(cfg["hub_id"])
     except Exception as e:  # no network, bad id, ...
-        raise StudyError(f"data.hub_id: could not load '{cfg['hub_id']}' from the hub: "
-                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        raise _hub_error(cfg["hub_id"], e) from e
     splits = [dd[s] for s in ("train", "test") if s in dd]
     if not splits:
         raise StudyError(f"data.hub_id: '{cfg['hub_id']}' has no train or test split (has {list(dd)})")
     df = concatenate_datasets(splits).to_pandas()
     return _pick_columns(df, cfg, cfg["hub_id"]), cfg["hub_id"]
+
+
+def _hub_error(hub_id: str, e: Exception) -> StudyError:
+    return StudyError(f"data.hub_id: could not load '{hub_id}' from the hub: "
+                      f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
 
 
 def _file(cfg: dict) -> tuple[pd.DataFrame, str]:
@@ -187,16 +191,50 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TUNE_STUDY_CACHE", Path.home() / ".cache" / "tune_study"))
 
 
+def _file_stamps(root: Path, pattern: str = "*") -> str:
+    """A digest of (path, size, mtime_ns) of a file, or of every matching file under a folder:
+    any added, removed, grown or edited file changes it. Stats only, nothing is read."""
+    if root.is_file():
+        files = [root]
+    else:
+        skip = cache_dir().resolve()  # our own cache may sit inside the data folder
+        files = sorted(f for f in root.rglob(pattern) if f.is_file() and skip not in f.resolve().parents)
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return f"{len(files)}:{h.hexdigest()}"
+
+
+def _hub_stamp(hub_id: str) -> list:
+    """What a hub dataset is, without loading it: the revision its builder resolves to.
+
+    ``load_dataset_builder`` resolves the repo (online: its current commit; offline: the cached one)
+    and downloads no data; ``builder.hash`` is that commit for a hub repo and a digest of the data
+    files for a local folder, and ``config_id`` names the configuration.
+    """
+    from datasets import load_dataset_builder
+
+    try:
+        builder = load_dataset_builder(hub_id)
+    except Exception as e:  # no network and not cached, bad id, ...
+        raise _hub_error(hub_id, e) from e
+    return [hub_id, builder.config_id, builder.hash]
+
+
 def _fingerprint(cfg: dict, tokenizer_id: str, max_len: int) -> str:
-    src = cfg.get("path")
+    """The token cache's key: the data section, the tokenizer, max_len, and a stamp of what the data
+    is now, so that edited files or a new dataset revision never reuse stale tokens."""
+    src = cfg.get("path") if cfg["source"] in ("file", "aclimdb") else None
     stamp = None
-    if src and Path(src).exists():
-        p = Path(src)
-        if p.is_file():
-            stamp = [str(p), p.stat().st_size, p.stat().st_mtime_ns]
-        else:  # an aclImdb tree: any added, removed or edited review changes the key
-            st = [f.stat() for f in p.rglob("*.txt")]
-            stamp = [str(p), len(st), sum(s.st_size for s in st), max((s.st_mtime_ns for s in st), default=0)]
+    if src and Path(src).expanduser().exists():
+        p = Path(src).expanduser()
+        # an aclImdb tree: every review file (what _aclimdb reads)
+        stamp = _file_stamps(p, "*.txt") if p.is_dir() else _file_stamps(p)
+    elif cfg["source"] == "hub":
+        hub = Path(cfg["hub_id"]).expanduser()
+        # a local dataset folder given as hub_id: every file in it (load_dataset may read any)
+        stamp = _file_stamps(hub) if hub.exists() else _hub_stamp(cfg["hub_id"])
     key = json.dumps({"v": CACHE_VERSION, "data": cfg, "tok": tokenizer_id, "max_len": max_len,
                       "stamp": stamp}, sort_keys=True, default=str)
     return hashlib.sha256(key.encode()).hexdigest()[:16]

@@ -7,7 +7,8 @@ Sources (``config["data"]["source"]``):
   aclimdb  an ``aclImdb/`` folder tree (``path``): {train,test}/{pos,neg}/*.txt
 
 Tokenization happens once per (data, tokenizer, max_len) and is cached on disk, keyed also on what
-the data is now (file stamps, or a hub dataset's revision); every trial of a study then gets the same tensors (the grid hands them to trials through Ray's object store).
+the data is now (file stamps, or a hub dataset's revision); every trial of a study then gets the
+same tensors (the grid hands them to trials through Ray's object store).
 """
 from __future__ import annotations
 

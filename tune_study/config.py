@@ -64,16 +64,13 @@ def _check_model(name: str, info: ValidationInfo) -> str:
     """models.resolve knows the models; each distinct name is checked once per study file."""
     from .models import resolve
 
-    cache = (info.context or {}).get("models")
-    if cache is None or name not in cache:
+    cache = (info.context or {}).get("models", {})   # name -> why it is refused, or None
+    if name not in cache:
         try:
             resolve(name)
-            why = None
+            cache[name] = None
         except StudyError as e:  # our location names the key: drop the resolver's own "model: "
-            why = str(e)[len(e.key) + 2:] if e.key and str(e).startswith(f"{e.key}: ") else str(e)
-        if cache is None:
-            cache = {}
-        cache[name] = why
+            cache[name] = str(e)[len(e.key) + 2:] if e.key and str(e).startswith(f"{e.key}: ") else str(e)
     if cache[name]:
         raise PydanticCustomError("study", cache[name])
     return name

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PlainValidator, ValidationInfo, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
-from .validation import PosInt, Seed, Strict, expect
+from .validation import PosInt, Seed, Strict, expect, number
 
 DISTRIBUTIONS = ("choice", "int", "loguniform", "uniform")
 
@@ -36,26 +36,25 @@ def _repeated(values: list) -> bool:
 def _check_axis(spec, info: ValidationInfo):
     """A grid axis is a non-empty list; a search axis a list (a choice) or one distribution."""
     kind = (info.context or {}).get("kind", "search")
-    if kind == "grid":
-        if not isinstance(spec, list):
-            raise PydanticCustomError("study", "expected a list of values, got {got}", {"got": repr(spec)})
-    elif isinstance(spec, dict) and next(iter(spec), None) == "grid_search":
+    if kind == "grid" and not isinstance(spec, list):
+        raise PydanticCustomError("study", "expected a list of values, got {got}", {"got": repr(spec)})
+    if isinstance(spec, dict) and next(iter(spec), None) == "grid_search":
         raise PydanticCustomError("study", "OptunaSearch cannot take grid_search; use {choice: [...]}")
-    elif not isinstance(spec, list):
+    if isinstance(spec, list):
+        values = spec
+        if not values:
+            raise PydanticCustomError("study", "empty axis: give at least one value")
+    else:
         if not (isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in DISTRIBUTIONS):
             raise PydanticCustomError("study", f"expected a list or one of {{{', '.join(DISTRIBUTIONS)}: ...}}, "
                                       "got {got}", {"got": repr(spec)})
-        dist, args = next(iter(spec.items()))
+        dist, values = next(iter(spec.items()))
         if dist != "choice":
-            _check_range(dist, args)
+            _check_range(dist, values)
             return spec
-        if not isinstance(args, list) or not args:
+        if not isinstance(values, list) or not values:
             raise PydanticCustomError("study", "choice needs a non-empty list")
-        spec_values = args
-    if isinstance(spec, list) and not spec:
-        raise PydanticCustomError("study", "empty axis: give at least one value")
-    values = spec if isinstance(spec, list) else spec_values
-    if kind == "search":  # Optuna's categorical values
+    if kind == "search":  # what Optuna takes as categorical values
         bad = [v for v in values if not (v is None or isinstance(v, (bool, int, float, str)))]
         if bad:
             raise PydanticCustomError("study", f"choice values must be numbers or strings, got {bad[0]!r}")
@@ -103,7 +102,7 @@ class EarlyStopping(Strict):
     """ASHA on val_acc, one rung per epoch."""
     grace_period: Annotated[int, Field(ge=1), expect("an integer >= 1")] = Field(
         1, description="epochs every trial runs before the first cut")
-    reduction_factor: Annotated[float, Field(gt=1, allow_inf_nan=False), expect("a number > 1")] = Field(
+    reduction_factor: Annotated[number(gt=1), expect("a number > 1")] = Field(
         2, description="at each rung, all but the best 1/reduction_factor of the trials stop")
 
 
@@ -117,8 +116,7 @@ def to_early_stopping(v):
     raise PydanticCustomError("study", "expected off or a mapping, got {got}", {"got": repr(v)})
 
 
-Count = Annotated[Literal["auto"] | Annotated[float, Field(ge=0, allow_inf_nan=False)],
-                  expect("'auto' or a number >= 0")]
+Count = Annotated[Literal["auto"] | number(ge=0), expect("'auto' or a number >= 0")]
 GPU_FRACTION_SCHEMA = {"type": "object", "description": "max effective batch -> fraction of a GPU",
                        "additionalProperties": {"type": "number", "exclusiveMinimum": 0, "maximum": 1}}
 
@@ -131,7 +129,7 @@ class Resources(Strict):
     max_concurrent_trials: Annotated[Literal["auto"] | PosInt, expect("'auto' or an integer >= 1")] = Field(
         "auto", description="auto: one trial per core (CPU) or per GPU share")
     gpu_fraction: Annotated[
-        dict[int | Literal["default"], Annotated[float, Field(gt=0, le=1)]] | None,
+        dict[int | Literal["default"], number(gt=0, le=1)] | None,
         expect("{max effective batch: fraction in (0, 1], default: fraction}"),
         WithJsonSchema(GPU_FRACTION_SCHEMA)] = Field(
         None, description="pack small trials onto one GPU: {64: 0.25, 256: 0.5, default: 1} gives a trial "

@@ -51,6 +51,11 @@ Seed = Annotated[int, Field(ge=0, lt=2**32), expect(SEED_RANGE)]
 PosInt = Annotated[int, Field(gt=0)]
 
 
+def number(**constraints):
+    """An int or a finite float under the same bounds; an int stays an int (2 is not rewritten as 2.0)."""
+    return Annotated[int, Field(**constraints)] | Annotated[float, Field(allow_inf_nan=False, **constraints)]
+
+
 # ----------------------------------------------------------------------------- errors -> one line
 
 _TYPE_WORDS = {"model_type": "a mapping", "model_attributes_type": "a mapping", "dict_type": "a mapping",

@@ -135,7 +135,10 @@ TRAIN_KEYS = tuple(TrainConfig.model_fields)
 # ----------------------------------------------------------------------------- the study file
 
 class Study(Strict):
-    """A study file: a grid (python -m tune_study.grid) or an Optuna search (python -m tune_study.search)."""
+    """A study file: a grid (python -m tune_study.grid) or an Optuna search (python -m tune_study.search).
+
+    Validated with ``context={"kind": "grid"}`` a file takes lists only and no search keys; without it,
+    as a search (the superset, which the JSON Schema describes)."""
     search_only: ClassVar[tuple] = SEARCH_ONLY
     name: Annotated[str, Field(min_length=1, pattern=r"^[^./][^/]*$"), expect("a plain folder name")] = Field(
         None, description="the study's folder under --results-dir; default: the file's name without .yaml")

@@ -10,7 +10,7 @@ import pytest
 
 from tune_study import grid
 from tune_study.errors import StudyError
-from tune_study.spaces import load_space
+from tune_study.config import load_space
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "search_spaces" / "smoke.yaml"

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import tune_study.checkpoints as checkpoints
+import tune_study.config as config
 import tune_study.memory as memory
 import tune_study.training as training
 from tune_study import bench, grid
@@ -50,9 +51,9 @@ def test_oom_halves_micro_batch_and_keeps_the_update(monkeypatch, tmp_path):
 
 
 def test_auto_micro_batch_on_cpu():
-    c = training.resolve_config({"model": "tiny-bert", "batch_size": 64, "micro_batch_size": "auto"})
+    c = config.resolve_config({"model": "tiny-bert", "batch_size": 64, "micro_batch_size": "auto"})
     assert memory.auto_micro_batch(c, torch.device("cpu"), "fp32") == 16
-    c = training.resolve_config({"model": "tiny-bert", "batch_size": 8, "micro_batch_size": "auto"})
+    c = config.resolve_config({"model": "tiny-bert", "batch_size": 8, "micro_batch_size": "auto"})
     assert memory.auto_micro_batch(c, torch.device("cpu"), "fp32") == 8
 
 

@@ -17,7 +17,8 @@ from tune_study.errors import StudyError
 from tune_study.metrics import calibration
 from tune_study.models import KNOWN, count_parameters, load_model, load_tokenizer, minilm_path, resolve, tokenizer_id
 from tune_study.checkpoints import CHECKPOINT_FILE, load_state, save_state
-from tune_study.training import accumulate_gradients, evaluate, resolve_config, train
+from tune_study.config import resolve_config
+from tune_study.training import accumulate_gradients, evaluate, train
 
 TIMING_KEYS = {"samples_per_s", "epoch_train_s", "eval_s", "train_time_s"}
 

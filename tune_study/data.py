@@ -22,40 +22,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .config import data_config  # noqa: F401  (the data section's rules live with the study's)
 from .errors import StudyError
 
 CACHE_VERSION = 1
-DATA_DEFAULTS = {
-    "source": "bundled",
-    "path": None,
-    "hub_id": "stanfordnlp/imdb",
-    "text_column": "text",
-    "label_column": "label",
-    "max_examples": None,
-    "split_seed": 0,
-}
-SOURCES = ("bundled", "hub", "file", "aclimdb")
 _LABEL_WORDS = {"0": 0, "1": 1, "neg": 0, "pos": 1, "negative": 0, "positive": 1,
                 "false": 0, "true": 1}
 _BREAKS = re.compile(r"<\s*br\s*/?\s*>|<\s*/?\s*p\s*/?\s*>", re.IGNORECASE)
-
-
-def data_config(data: dict | None) -> dict:
-    """Fill defaults and check the keys of a ``data`` section."""
-    data = dict(data or {})
-    unknown = sorted(set(data) - set(DATA_DEFAULTS))
-    if unknown:
-        raise StudyError(f"data: unknown key '{unknown[0]}' (known: {', '.join(DATA_DEFAULTS)})",
-                         key=f"data.{unknown[0]}")
-    cfg = {**DATA_DEFAULTS, **data}
-    if cfg["source"] not in SOURCES:
-        raise StudyError(f"data.source: unknown source '{cfg['source']}' (known: {', '.join(SOURCES)})")
-    if cfg["source"] in ("file", "aclimdb") and not cfg["path"]:
-        raise StudyError(f"data.path: source '{cfg['source']}' needs a path")
-    m = cfg["max_examples"]
-    if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 10):
-        raise StudyError(f"data.max_examples: expected an integer >= 10 or null, got {m!r}")
-    return cfg
 
 
 def clean_text(text: str) -> str:

@@ -214,7 +214,8 @@ def stage_cuda_paths(out: Path, model: str) -> None:
 
     from .bench import synthetic
     from .memory import auto_micro_batch, cap_gpu_memory
-    from .training import resolve_config, train
+    from .config import resolve_config
+    from .training import train
 
     out.mkdir(parents=True, exist_ok=True)
     res = {}
@@ -435,7 +436,7 @@ def prepare(dest: Path, wheels: Path) -> None:
     """Fill ``dest`` (an ignored folder that travels to the GPU host) with the wheels it lacks and
     the shortened grid's tokenized data: that host has neither the bundled reviews nor a tokenizer."""
     from .data import load_tokenized
-    from .spaces import load_space
+    from .config import load_space
 
     if not wheels.is_dir():
         raise SystemExit(f"error: no wheel folder at {wheels}")
@@ -462,7 +463,7 @@ def prepare(dest: Path, wheels: Path) -> None:
 def _salvage_grid(argv: list[str], work: Path) -> None:
     """A grid stopped at its deadline has written no exports: rebuild them from its Ray experiment.
     Then delete its checkpoints and best models (1.3 GB + 0.4 GB a bert-base trial), keeping the logs."""
-    from .spaces import load_space
+    from .config import load_space
 
     try:
         study = load_space(argv[argv.index("--space") + 1], kind="grid")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .errors import EXIT_BAD_INPUT, StudyError
 from .results import EXPERIMENT, console_table, export
-from .spaces import epochs_of, grid_size, load_space
+from .config import epochs_of, grid_size, load_space
 
 EXPOSED_WARNING = (
     "WARNING: the Ray dashboard will listen on {host}, i.e. on every network interface. An exposed Ray "
@@ -230,7 +230,7 @@ def tokenize_for_study(study: dict, param_configs: list[dict]) -> dict:
 
 def representative_configs(study: dict) -> list[dict]:
     """(model, max_len) pairs any trial can have, for tokenizing up front."""
-    from .training import TRAIN_DEFAULTS
+    from .config import TRAIN_DEFAULTS
 
     def values(key):
         v = study["axes"].get(key)

@@ -56,7 +56,7 @@ def _ok(x) -> bool:
 def _read_study(study_dir: Path) -> tuple[dict, str]:
     """The study's own space.yaml, validated as grid or search; a minimal dict if it no longer
     validates (the report should still come out), or if it is missing."""
-    from .spaces import load_space, read_yaml
+    from .config import load_space, read_yaml
 
     path = study_dir / "space.yaml"
     if not path.exists():
@@ -142,7 +142,7 @@ def load_frames(study_dir: Path, study: dict, log=print) -> tuple[pd.DataFrame, 
 def _fill_axes(trials: pd.DataFrame, history: pd.DataFrame, study: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every trial gets model / batch_size / scheduler (fixed settings included) and its axis values;
     a trial that had not reported yet gets them from its params.json."""
-    from .training import TRAIN_DEFAULTS
+    from .config import TRAIN_DEFAULTS
 
     trials, history = trials.copy(), history.copy()
     axes = list(study.get("axes") or {})

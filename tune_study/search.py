@@ -29,8 +29,7 @@ from pathlib import Path
 from .errors import EXIT_BAD_INPUT, StudyError
 from .grid import (check_study_dir, create_study_dir, parser as grid_parser, representative_configs,
                    run_study, study_paths, tokenize_for_study)
-from .spaces import _axis_values, _err, load_space, read_yaml
-from .training import TRAIN_DEFAULTS, resolve_config
+from .config import TRAIN_DEFAULTS, load_space, read_yaml
 
 SEARCH_METRIC = "best_val_acc"   # what TPE maximises: a trial's best val acc over its epochs
 SELECT_BY = ("best_val_acc", "test_acc")  # --from-grid: best trial per model by the first one present
@@ -62,39 +61,9 @@ def _choices(spec):
     return args if kind == "choice" else None
 
 
-def check_search_space(study: dict) -> None:
-    """Checks beyond spaces.load_space: what Optuna needs, and sampled values that training accepts."""
-    path, axes, fixed = study["path"], study["axes"], study["fixed"]
-    for key, spec in axes.items():
-        values = _choices(spec)
-        if values is not None:
-            bad = [v for v in values if not (v is None or isinstance(v, (bool, int, float, str)))]
-            if bad:
-                raise _err(path, f"axes.{key}", f"choice values must be numbers or strings, got {bad[0]!r}")
-            if len(set(map(repr, values))) != len(values):
-                raise _err(path, f"axes.{key}", f"repeated value in {values!r}")
-    for key in ("model", "max_len"):  # the data are tokenized up front, once per (model, max_len)
-        if key in axes and _choices(axes[key]) is None:
-            raise _err(path, f"axes.{key}", f"must be a list or a choice (the data are tokenized up front "
-                                            f"for each value), got {axes[key]!r}")
-    # load_space checked the ends of each range; a sampled value lies between them: e.g. uniform on
-    # an integer key (batch_size, epochs) passes at integer ends but samples fractions.
-    base = {k: _axis_values(v)[0] for k, v in axes.items()}
-    for key, spec in axes.items():
-        if isinstance(spec, dict) and next(iter(spec)) in ("uniform", "loguniform"):
-            lo, hi = next(iter(spec.values()))
-            mid = math.sqrt(lo * hi) if "loguniform" in spec else (lo + hi) / 2
-            try:
-                resolve_config({**fixed, **base, key: float(mid)})
-            except StudyError as e:
-                raise _err(path, f"axes.{key}", f"{next(iter(spec))} samples values such as {mid:.4g}, "
-                                                f"which {key} does not take ({e}); use int or choice") from None
-
-
 def load_search_space(path) -> dict:
-    study = load_space(path, kind="search")
-    check_search_space(study)
-    return study
+    """A search study file, validated (config.Study checks what Optuna needs and what training takes)."""
+    return load_space(path, kind="search")
 
 
 def to_domain(spec):

@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     try:
         config = {}
         if args.config:
-            from .spaces import read_yaml
+            from .config import read_yaml
 
             config = read_yaml(args.config)
         flags = {"model": args.model, "batch_size": args.batch_size, "lr": args.lr, "epochs": args.epochs,
@@ -59,7 +59,8 @@ def main(argv=None) -> int:
         config["data"] = data
         if "micro_batch_size" not in config and "batch_size" in config:
             config["micro_batch_size"] = "auto"
-        from .training import resolve_config, train
+        from .config import resolve_config
+        from .training import train
 
         resolve_config(config)
         out = Path(args.out) if args.out else None

@@ -23,83 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoints import checkpoint_epoch, load_state, rng_state, save_state, set_rng_state
+from .config import TRAIN_DEFAULTS, resolve_config
 from .errors import StudyError
 from .memory import auto_micro_batch, cap_gpu_memory
 from .metrics import calibration
-
-TRAIN_DEFAULTS = {
-    "model": "minilm",
-    "batch_size": 16,          # the effective batch: examples per optimizer step
-    "micro_batch_size": "auto",  # examples per forward/backward: an int, or "auto" (min(B, 16) on CPU,
-                               # the largest power of two that fits on a GPU)
-    "lr": 5e-5,
-    "epochs": 5,
-    "scheduler": "constant",   # constant | linear | cosine (transformers.get_scheduler)
-    "warmup_ratio": 0.0,       # share of all optimizer steps spent warming up
-    "weight_decay": 0.0,
-    "max_len": 128,
-    "seed": 0,
-    "precision": "auto",       # fp32 | bf16 (autocast, fp32 master weights) | auto: bf16 on CUDA
-    "max_grad_norm": None,     # the seed does not clip
-    "eval_batch_size": 64,
-    "threads": None,           # torch CPU threads for this trial; None leaves torch's default
-    "device": "auto",          # auto | cpu | cuda
-    "compile": False,          # torch.compile the model (CUDA; never CUDA-graph mode)
-    "data": {},
-}
-SCHEDULERS = ("constant", "linear", "cosine")
-
-
-# ----------------------------------------------------------------------------- config
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def resolve_config(config: dict) -> dict:
-    """Defaults filled in and every value checked; raises StudyError naming the key."""
-    from .data import data_config
-
-    unknown = sorted(set(config) - set(TRAIN_DEFAULTS))
-    if unknown:
-        raise StudyError(f"unknown key '{unknown[0]}' (known: {', '.join(TRAIN_DEFAULTS)})", key=unknown[0])
-    c = {**TRAIN_DEFAULTS, **config}
-    checks = [
-        ("batch_size", _is_int(c["batch_size"]) and c["batch_size"] > 0, "an integer > 0"),
-        ("micro_batch_size", c["micro_batch_size"] == "auto"
-         or (_is_int(c["micro_batch_size"]) and c["micro_batch_size"] > 0), "an integer > 0 or 'auto'"),
-        ("lr", _is_num(c["lr"]) and c["lr"] > 0, "a number > 0"),
-        ("epochs", _is_int(c["epochs"]) and c["epochs"] >= 1, "an integer >= 1"),
-        ("scheduler", c["scheduler"] in SCHEDULERS, f"one of {', '.join(SCHEDULERS)}"),
-        ("warmup_ratio", _is_num(c["warmup_ratio"]) and 0 <= c["warmup_ratio"] < 1, "a number in [0, 1)"),
-        ("weight_decay", _is_num(c["weight_decay"]) and c["weight_decay"] >= 0, "a number >= 0"),
-        ("max_len", _is_int(c["max_len"]) and 8 <= c["max_len"] <= 512, "an integer in [8, 512]"),
-        ("seed", _is_int(c["seed"]), "an integer"),
-        ("precision", c["precision"] in ("auto", "fp32", "bf16"), "one of auto, fp32, bf16"),
-        ("max_grad_norm", c["max_grad_norm"] is None or (_is_num(c["max_grad_norm"]) and c["max_grad_norm"] > 0),
-         "a number > 0 or null"),
-        ("eval_batch_size", _is_int(c["eval_batch_size"]) and c["eval_batch_size"] > 0, "an integer > 0"),
-        ("threads", c["threads"] is None or (_is_int(c["threads"]) and c["threads"] > 0), "an integer > 0 or null"),
-        ("device", c["device"] in ("auto", "cpu", "cuda"), "one of auto, cpu, cuda"),
-        ("compile", isinstance(c["compile"], bool), "true or false"),
-        ("data", isinstance(c["data"], dict), "a mapping"),
-    ]
-    for key, ok, expected in checks:
-        if not ok:
-            raise StudyError(f"{key}: expected {expected}, got {c[key]!r}")
-    if _is_int(c["micro_batch_size"]) and c["micro_batch_size"] > c["batch_size"]:
-        raise StudyError(f"micro_batch_size: {c['micro_batch_size']} is larger than the effective "
-                         f"batch_size {c['batch_size']}")
-    from .models import resolve
-
-    resolve(c["model"])  # unknown model -> error listing the known ones
-    c["data"] = data_config(c["data"])
-    return c
-
 
 # ----------------------------------------------------------------------------- the update
 

@@ -584,7 +584,7 @@ def test_host_side_mask_gives_the_same_logits(family):
     change nothing: same logits as the plain 2-D mask, in float64."""
     from transformers import AutoModelForSequenceClassification, BertConfig, RobertaConfig
 
-    from tune_study.training import _batch, _on_device, _sdpa_bert
+    from tune_study.evaluation import batch as _batch, on_device as _on_device, sdpa_bert as _sdpa_bert
 
     kw = dict(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
               num_labels=2)

@@ -28,8 +28,11 @@ from .checkpoints import (BEST_MODEL, checkpoint_epoch, load_state, mark_best_ep
                           recover_best_model, rng_state, save_state, set_rng_state, stage_best_model)
 from .columns import EPOCH_COLUMNS, EVAL_COLUMNS
 from .errors import StudyError
+from .evaluation import batch, eval_points, evaluate, on_device, sdpa_bert
 from .memory import cap_gpu_memory
 from .metrics import calibration
+
+_batch, _on_device, _sdpa_bert = batch, on_device, sdpa_bert  # the names gpu_check imports from here
 
 TRAIN_DEFAULTS = {
     "model": "minilm",
@@ -139,74 +142,7 @@ def autocast_for(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def _sdpa_bert(model) -> bool:
-    """BERT / RoBERTa under SDPA: these take a ready 4-D boolean mask as is (checked in the tests)."""
-    cfg = getattr(model, "config", None)
-    return getattr(cfg, "model_type", None) in ("bert", "roberta") and getattr(cfg, "_attn_implementation", None) == "sdpa"
-
-
-def _batch(split: dict, idx: torch.Tensor, idx_cpu: torch.Tensor | None = None, prepared: bool = False) -> dict:
-    """One micro-batch of a split on its device.
-
-    ``prepared`` (BERT / RoBERTa under SDPA, with ``split["full"]``: the rows without padding, kept
-    on the host): given a 2-D mask, transformers asks the GPU whether it holds any padding
-    (``padding_mask.all()``), a host sync in every forward. Answered on the host instead: no padding
-    -> no mask (SDPA may use flash attention), else the 4-D boolean mask SDPA takes, passed through.
-    Same logits either way (tested)."""
-    am = split["attention_mask"][idx]
-    if prepared:
-        am = None if bool(split["full"][idx_cpu].all()) else am[:, None, None, :].bool()
-    else:
-        am = am.long()
-    return {"input_ids": split["input_ids"][idx].long(), "attention_mask": am, "labels": split["labels"][idx]}
-
-
-def _on_device(split: dict, device: torch.device) -> dict:
-    out = {k: v.to(device) for k, v in split.items() if k in ("input_ids", "attention_mask", "labels")}
-    out["full"] = split["attention_mask"].bool().all(1).cpu()  # host-side: which rows have no padding
-    return out
-
-
 # ----------------------------------------------------------------------------- evaluation
-
-@torch.no_grad()
-def _evaluate(model, split: dict, batch_size: int, autocast) -> dict:
-    n = len(split["labels"])
-    loss_sum = torch.zeros((), device=split["labels"].device)
-    probs = []
-    prepared = "full" in split and _sdpa_bert(model)
-    for i in range(0, n, batch_size):
-        # Indices made on each side: a host-to-device copy of them would wait for the GPU's queue.
-        j = min(i + batch_size, n)
-        b = _batch(split, torch.arange(i, j, device=split["labels"].device), torch.arange(i, j), prepared)
-        with autocast or contextlib.nullcontext():
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float()
-        loss_sum += F.cross_entropy(logits, b["labels"], reduction="sum")
-        probs.append(logits.softmax(-1))
-    probs = torch.cat(probs).cpu()
-    labels = split["labels"].cpu()
-    return {"loss": float(loss_sum) / n, "acc": float((probs.argmax(1) == labels).double().mean()),
-            "probs": probs, "labels": labels}
-
-
-def evaluate(model, split: dict, batch_size: int = 64, autocast=None) -> dict:
-    """Mean loss, accuracy and class probabilities of ``model`` on a tokenized split (one sync), in
-    eval mode (no dropout: no RNG drawn), back in train mode afterwards. On a CUDA OOM the eval batch
-    is halved and the evaluation starts over; ``batch_size`` in the result is the one that fit."""
-    model.eval()
-    try:
-        while True:
-            try:
-                return {**_evaluate(model, split, batch_size, autocast), "batch_size": batch_size}
-            except memory.OOM:
-                if batch_size == 1:
-                    raise
-            memory.free_cache(split["labels"].device)  # out of the except block: the attempt's tensors are gone
-            batch_size //= 2
-            print(f"CUDA out of memory in evaluation: eval batch halved to {batch_size}", flush=True)
-    finally:
-        model.train()
-
 
 def _evaluate_aside(model, split: dict, batch_size: int, autocast, device: torch.device) -> dict:
     """``evaluate`` with the RNG states put back afterwards: an evaluation in the middle of an epoch
@@ -214,16 +150,6 @@ def _evaluate_aside(model, split: dict, batch_size: int, autocast, device: torch
     keeps it so whatever a model does in eval mode)."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         return evaluate(model, split, batch_size, autocast)
-
-
-def eval_points(steps: int, k: int) -> dict[int, float]:
-    """After which optimizer steps of an epoch val is evaluated: round(j * steps / k), j = 1..k, each
-    step once (the largest j wins when steps < k), the last at the epoch's end. Maps step -> j / k."""
-    points = {}
-    for j in range(1, k + 1):
-        if (s := round(j * steps / k)) > 0:
-            points[s] = j / k
-    return points
 
 
 def _columns(names: list[str], values: dict) -> dict:
@@ -297,7 +223,7 @@ def train(config: dict, report: Callable[[dict, str | None], object] | None = No
             window, window_cpu = order[step * B:(step + 1) * B], order_cpu[step * B:(step + 1) * B]  # last: the rest
             loss, m, halvings = memory.accumulate_fitting(
                 lambda micro: accumulate_gradients(step_model, micro, autocast),
-                _micro_batches(train_split, window, window_cpu, _sdpa_bert(model)), m, optimizer, device, cache_key)
+                _micro_batches(train_split, window, window_cpu, sdpa_bert(model)), m, optimizer, device, cache_key)
             progress["oom_halvings"] += halvings
             if c["max_grad_norm"]:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), c["max_grad_norm"])
@@ -357,7 +283,7 @@ def _splits(c: dict, data: dict | None, device: torch.device, precision: str) ->
     from .data import load_tokenized
 
     data = data if data is not None else load_tokenized(c["data"], c["model"], c["max_len"])
-    train_split, val_split, test_split = (_on_device(data[s], device) for s in ("train", "val", "test"))
+    train_split, val_split, test_split = (on_device(data[s], device) for s in ("train", "val", "test"))
     facts = {**_split_facts(train_split, val_split, test_split), "precision": precision, "device": _device_name(device)}
     return train_split, val_split, test_split, facts
 
@@ -379,7 +305,7 @@ def _epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> tuple[t
 
 def _micro_batches(split: dict, window: torch.Tensor, window_cpu: torch.Tensor, prepared: bool):
     """The window cut into micro-batches of a size given later (it shrinks after an OOM)."""
-    return lambda m: [_batch(split, window[i:i + m], window_cpu[i:i + m], prepared) for i in range(0, len(window), m)]
+    return lambda m: [batch(split, window[i:i + m], window_cpu[i:i + m], prepared) for i in range(0, len(window), m)]
 
 
 def _build(c: dict, device: torch.device, total_steps: int):

@@ -318,7 +318,8 @@ def test_train_loss_is_mean_example_loss_and_model_learns():
 
 def test_resume_reproduces_straight_run(tmp_path, monkeypatch):
     data = synth_data(29)
-    cfg = tiny_cfg(epochs=2, batch_size=8, micro_batch_size=3, scheduler="linear", weight_decay=0.01, lr=2e-3)
+    cfg = tiny_cfg(epochs=2, batch_size=8, micro_batch_size=3, scheduler="linear", weight_decay=0.01, lr=2e-3,
+                   evals_per_epoch=3)  # mid-epoch evaluations on both sides of the resume
     assert load_model("tiny-bert").config.hidden_dropout_prob > 0  # dropout on: RNG state matters
 
     def keeper(dest: Path, stop_after: int | None = None):
@@ -342,6 +343,7 @@ def test_resume_reproduces_straight_run(tmp_path, monkeypatch):
     assert_same_tensors(a["optimizer"], b["optimizer"], "optimizer")
     assert a["scheduler"] == b["scheduler"]
     assert a["epoch"] == b["epoch"] == 2
+    assert a["predictions"] == b["predictions"] and a["best"] == b["best"]
 
     assert len(straight) == len(resumed) == 2
     assert [h["resumed_from_epoch"] for h in straight] == [0, 0]
@@ -349,7 +351,7 @@ def test_resume_reproduces_straight_run(tmp_path, monkeypatch):
     for x, y in zip(straight, resumed):
         keys = set(x) - TIMING_KEYS - {"resumed_from_epoch"}
         assert keys == set(y) - TIMING_KEYS - {"resumed_from_epoch"}
-        for k in ("train_loss", "val_loss", "val_acc", "lr", "optimizer_steps"):
+        for k in ("train_loss", "val_loss", "val_acc", "lr", "optimizer_steps", "evals"):
             assert x[k] == y[k], k
         for k in keys:
             assert same_number(x[k], y[k]), k

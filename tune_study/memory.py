@@ -8,6 +8,7 @@ there, so later trials start at the size that fits instead of paying the same OO
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 
@@ -125,7 +126,8 @@ def reset_peak_memory(device: torch.device) -> None:
 
 
 def peak_memory_gib(device: torch.device) -> float:
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    # math.nan, one object: equal to itself in a compared dict (float("nan") would not be)
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else math.nan
 
 
 def _synchronize(device: torch.device) -> None:

@@ -24,6 +24,10 @@ def _data(n=24, L=16):
 
 
 def test_oom_halves_micro_batch_and_keeps_the_update(monkeypatch, tmp_path):
+    monkeypatch.setenv("TUNE_STUDY_CACHE", str(tmp_path / "cache"))
+    key = memory.probe_key({"model": "tiny-bert", "max_len": 16}, torch.device("cpu"), "fp32")
+    memory.record_micro_batch(key, 16)    # a probe that thought 16 fits
+    memory.record_micro_batch("other|key", 8)
     cfg = {"model": "tiny-bert", "batch_size": 16, "epochs": 2, "max_len": 16, "lr": 1e-3, "seed": 1,
            "precision": "fp32"}
     data = _data()
@@ -48,6 +52,93 @@ def test_oom_halves_micro_batch_and_keeps_the_update(monkeypatch, tmp_path):
     a, b = torch.load(tmp_path / "ref.pt", weights_only=True), torch.load(tmp_path / "oom.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)  # same windows, same order, same micro-batches: same weights
     assert [h["train_loss"] for h in halved] == [h["train_loss"] for h in reference]
+    # The OOM corrected the probe's cache: the next trial of this kind starts at 4, not 16.
+    assert memory.cached_micro_batches() == {key: 4, "other|key": 8}
+    memory.record_micro_batch(key, 8)     # a cached value is only ever lowered
+    assert memory.cached_micro_batches()[key] == 4
+
+
+def _oom_above(limit):
+    """A forward pre-hook that fails like a CUDA OOM for batches larger than ``limit``."""
+    def hook(module, args, kwargs):
+        if kwargs["input_ids"].shape[0] > limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+    return hook
+
+
+def test_probe_runs_in_train_mode_and_caches_what_fits(monkeypatch, tmp_path):
+    """The probe measures a training step: dropout on (eval mode underestimates activations ~2x)."""
+    import tune_study.models as models
+
+    monkeypatch.setenv("TUNE_STUDY_CACHE", str(tmp_path))
+    real_load = models.load_model
+    seen_modes, loads = [], []
+
+    def spy_load(name):
+        model = real_load(name).eval()  # as from_pretrained hands it over
+        model.register_forward_pre_hook(lambda mod, args, kwargs: seen_modes.append(mod.training), with_kwargs=True)
+        model.register_forward_pre_hook(_oom_above(4), with_kwargs=True)
+        loads.append(name)
+        return model
+
+    monkeypatch.setattr(models, "load_model", spy_load)
+    c = training.resolve_config({"model": "tiny-bert", "batch_size": 64, "max_len": 16})
+    assert memory.probe_micro_batch(c, torch.device("cpu"), "fp32") == 4   # 64, 32, 16, 8 fail
+    assert seen_modes and all(seen_modes), seen_modes
+    assert memory.cached_micro_batches() == {memory.probe_key(c, torch.device("cpu"), "fp32"): 4}
+    assert memory.probe_micro_batch({**c, "batch_size": 128}, torch.device("cpu"), "fp32") == 4  # cached
+    assert memory.probe_micro_batch({**c, "batch_size": 2}, torch.device("cpu"), "fp32") == 2
+    assert loads == ["tiny-bert"]
+
+
+def test_evaluation_halves_its_batch_on_oom():
+    from tune_study.models import load_model
+
+    torch.manual_seed(0)
+    model = load_model("tiny-bert")
+    split = _data(n=21)["train"]
+    plain4 = training.evaluate(model, split, batch_size=4)
+    plain16 = training.evaluate(model, split, batch_size=16)
+    hook = model.register_forward_pre_hook(_oom_above(4), with_kwargs=True)
+    out = training.evaluate(model, split, batch_size=16)   # 16 fails, 8 fails, 4 fits
+    assert out["batch_size"] == 4 and model.training
+    assert out["loss"] == plain4["loss"] and out["acc"] == plain4["acc"] and torch.equal(out["probs"], plain4["probs"])
+    assert out["loss"] == pytest.approx(plain16["loss"], rel=1e-6) and out["acc"] == plain16["acc"]
+    hook.remove()
+    model.register_forward_pre_hook(_oom_above(0), with_kwargs=True)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        training.evaluate(model, split, batch_size=2)      # not even 1 fits: the OOM is raised
+    assert model.training
+
+
+def test_optimizer_step_oom_is_retried_once(monkeypatch):
+    """An OOM in optimizer.step(): a smaller micro-batch cannot help; the cache is freed and the step
+    retried once (same update as without the OOM); a second OOM is a clear error."""
+    cfg = {"model": "tiny-bert", "batch_size": 8, "micro_batch_size": 4, "epochs": 1, "max_len": 16, "lr": 1e-3,
+           "seed": 1, "precision": "fp32"}
+    data = _data()
+    states = {}
+    ref = training.train(cfg, data=data, report=lambda m, d: states.__setitem__("ref", checkpoints.load_state(d)))
+    fail_at = {}
+
+    class FlakyAdamW(torch.optim.AdamW):
+        calls = 0
+
+        def step(self, *a, **k):
+            FlakyAdamW.calls += 1
+            if FlakyAdamW.calls in fail_at.get("calls", ()):
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            return super().step(*a, **k)
+
+    monkeypatch.setattr(torch.optim, "AdamW", FlakyAdamW)
+    fail_at["calls"] = (1, 3)    # the first step (AdamW's state is allocated there) and a later one
+    out = training.train(cfg, data=data, report=lambda m, d: states.__setitem__("oom", checkpoints.load_state(d)))
+    assert FlakyAdamW.calls == 3 + 2
+    assert out[-1]["train_loss"] == ref[-1]["train_loss"] and out[-1]["optimizer_steps"] == 3
+    assert all(torch.equal(states["ref"]["model"][k], states["oom"]["model"][k]) for k in states["ref"]["model"])
+    FlakyAdamW.calls, fail_at["calls"] = 0, (2, 3)   # twice in a row: no retry can help
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="optimizer step.*cannot help"):
+        training.train(cfg, data=data)
 
 
 def test_auto_micro_batch_on_cpu():

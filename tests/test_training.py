@@ -2,6 +2,8 @@
 checkpoint resume, best-val selection, the saved best model, config validation, and a real learning run."""
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import shutil
 import time
@@ -317,7 +319,8 @@ def test_train_loss_is_mean_example_loss_and_model_learns():
 
 def test_resume_reproduces_straight_run(tmp_path, monkeypatch):
     data = synth_data(29)
-    cfg = tiny_cfg(epochs=2, batch_size=8, micro_batch_size=3, scheduler="linear", weight_decay=0.01, lr=2e-3)
+    cfg = tiny_cfg(epochs=2, batch_size=8, micro_batch_size=3, scheduler="linear", weight_decay=0.01, lr=2e-3,
+                   evals_per_epoch=3)  # mid-epoch evaluations on both sides of the resume
     assert load_model("tiny-bert").config.hidden_dropout_prob > 0  # dropout on: RNG state matters
 
     def keeper(dest: Path, stop_after: int | None = None):
@@ -341,6 +344,7 @@ def test_resume_reproduces_straight_run(tmp_path, monkeypatch):
     assert_same_tensors(a["optimizer"], b["optimizer"], "optimizer")
     assert a["scheduler"] == b["scheduler"]
     assert a["epoch"] == b["epoch"] == 2
+    assert a["predictions"] == b["predictions"] and a["best"] == b["best"]
 
     assert len(straight) == len(resumed) == 2
     assert [h["resumed_from_epoch"] for h in straight] == [0, 0]
@@ -348,7 +352,7 @@ def test_resume_reproduces_straight_run(tmp_path, monkeypatch):
     for x, y in zip(straight, resumed):
         keys = set(x) - TIMING_KEYS - {"resumed_from_epoch"}
         assert keys == set(y) - TIMING_KEYS - {"resumed_from_epoch"}
-        for k in ("train_loss", "val_loss", "val_acc", "lr", "optimizer_steps"):
+        for k in ("train_loss", "val_loss", "val_acc", "lr", "optimizer_steps", "evals"):
             assert x[k] == y[k], k
         for k in keys:
             assert same_number(x[k], y[k]), k
@@ -489,6 +493,8 @@ def test_output_dir_holds_best_model(tmp_path, monkeypatch):
     assert any(not torch.equal(states[2][k], states[3][k]) for k in states[2])
     tok = AutoTokenizer.from_pretrained(best)
     assert tok("hello world")["input_ids"] == [101, 7592, 2088, 102]
+    assert checkpoints.best_model_epoch(best) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["best_model"]  # no staging folder left behind
 
 
 # ----------------------------------------------------------------------------- resolve_config
@@ -513,6 +519,8 @@ def test_output_dir_holds_best_model(tmp_path, monkeypatch):
     ({"precision": "fp16"}, "precision"),
     ({"device": "tpu"}, "device"),
     ({"max_grad_norm": 0}, "max_grad_norm"),
+    ({"evals_per_epoch": 0}, "evals_per_epoch"),
+    ({"evals_per_epoch": 2.5}, "evals_per_epoch"),
 ])
 def test_resolve_config_errors_name_the_key(override, key):
     with pytest.raises(StudyError) as e:
@@ -534,6 +542,7 @@ def test_resolve_config_unknown_key_model_and_data():
 def test_resolve_config_defaults():
     c = resolve_config({"model": "tiny-bert", "micro_batch_size": "auto", "batch_size": 32})
     assert c["micro_batch_size"] == "auto" and c["batch_size"] == 32 and c["lr"] == 5e-5
+    assert c["evals_per_epoch"] == 1
     assert c["data"]["source"] == "bundled" and c["data"]["split_seed"] == 0
     assert resolve_config({"batch_size": 8, "micro_batch_size": 8})["micro_batch_size"] == 8
 
@@ -578,7 +587,7 @@ def test_host_side_mask_gives_the_same_logits(family):
     change nothing: same logits as the plain 2-D mask, in float64."""
     from transformers import AutoModelForSequenceClassification, BertConfig, RobertaConfig
 
-    from tune_study.training import _batch, _on_device, _sdpa_bert
+    from tune_study.evaluation import batch as _batch, on_device as _on_device, sdpa_bert as _sdpa_bert
 
     kw = dict(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
               num_labels=2)
@@ -600,3 +609,184 @@ def test_host_side_mask_gives_the_same_logits(family):
         a = model(input_ids=prepared["input_ids"], attention_mask=prepared["attention_mask"]).logits
         b = model(input_ids=plain["input_ids"], attention_mask=plain["attention_mask"]).logits
         assert torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------- reported names
+
+def test_reported_keys_are_the_columns():
+    from tune_study.columns import EPOCH_COLUMNS, EVAL_COLUMNS
+
+    history = train(tiny_cfg(epochs=2, evals_per_epoch=2), data=synth_data(37))
+    for h in history:
+        assert list(h) == EVAL_COLUMNS + EPOCH_COLUMNS
+        assert all(list(row) == EVAL_COLUMNS for row in json.loads(h["evals"]))
+        assert h["epoch_end"] is True and isinstance(h["epoch"], int)
+
+
+# ----------------------------------------------------------------------------- evals_per_epoch
+
+@pytest.mark.parametrize("steps,k,expected", [
+    (10, 4, {2: 0.25, 5: 0.5, 8: 0.75, 10: 1.0}),   # round(2.5) = 2, round(7.5) = 8
+    (5, 1, {5: 1.0}),
+    (2, 4, {1: 0.5, 2: 1.0}),                      # fewer steps than evaluations: each step once
+    (3, 3, {1: 1 / 3, 2: 2 / 3, 3: 1.0}),
+])
+def test_eval_points(steps, k, expected):
+    assert training.eval_points(steps, k) == expected
+
+
+def _run_with_states(cfg, data, monkeypatch=None):
+    """train(), keeping each epoch's model weights; with the per-window losses and sizes."""
+    states, windows = {}, []
+    real = training.accumulate_gradients
+
+    def spy(model, micro, autocast=None):
+        loss = real(model, micro, autocast)
+        windows.append((float(loss), sum(len(mb["labels"]) for mb in micro)))
+        return loss
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(training, "accumulate_gradients", spy)
+        history = train(cfg, data=data, report=lambda m, d: states.__setitem__(m["epoch"], load_state(d)["model"]))
+    return history, states, windows
+
+
+def test_mid_epoch_evaluations_leave_training_unchanged(monkeypatch):
+    """k = 4 evaluations an epoch (dropout on) give the same weights and the same epoch-end numbers as
+    k = 1; each evaluation row is where it says it is, with the epoch's mean train loss so far."""
+    data = synth_data(37)  # B = 8: 5 steps an epoch -> evaluations after steps 1, 2, 4, 5 (round(1.25) = 1)
+    once, w1, _ = _run_with_states(tiny_cfg(epochs=2, evals_per_epoch=1), data)
+    four, w4, windows = _run_with_states(tiny_cfg(epochs=2, evals_per_epoch=4), data)
+    for e in (1, 2):
+        assert all(torch.equal(w1[e][k], w4[e][k]) for k in w1[e]), e
+    for x, y in zip(once, four):
+        for k in set(x) - TIMING_KEYS - {"evals"}:
+            assert same_number(x[k], y[k]), k
+    assert len(json.loads(once[0]["evals"])) == 1
+
+    rows = [r for h in four for r in json.loads(h["evals"])]
+    assert [r["epoch"] for r in rows] == [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
+    assert [r["epoch_end"] for r in rows] == [False, False, False, True] * 2
+    assert [r["optimizer_steps"] for r in rows] == [1, 2, 4, 5, 6, 7, 9, 10]
+    assert [r["samples_seen"] for r in rows] == [8, 16, 32, 37, 45, 53, 69, 74]
+    for r in rows:
+        epoch_windows = windows[5 * (math.ceil(r["epoch"]) - 1): r["optimizer_steps"]]
+        n = sum(k for _, k in epoch_windows)
+        assert r["train_loss"] == pytest.approx(sum(loss * k for loss, k in epoch_windows) / n, rel=1e-6)
+    for h in four:  # the epoch-end row is the epoch's numbers
+        end = json.loads(h["evals"])[-1]
+        assert {k: end[k] for k in end if k != "epoch"} == {k: h[k] for k in end if k != "epoch"}
+        assert end["epoch"] == h["epoch"]
+    assert len({r["val_loss"] for r in rows}) > 1  # mid-epoch evaluations see other weights
+
+
+def test_mid_epoch_evaluation_rng_is_put_back(monkeypatch):
+    """An evaluation that draws random numbers (as a model with dropout in eval mode would) leaves
+    training's RNG alone; negative control: without the fork, the weights change."""
+    data = synth_data(37)
+    ref, w_ref, _ = _run_with_states(tiny_cfg(epochs=1, evals_per_epoch=1), data)
+    real = training.evaluate
+
+    def drawing(model, split, batch_size=64, autocast=None):
+        torch.rand(1)
+        return real(model, split, batch_size, autocast)
+
+    monkeypatch.setattr(training, "evaluate", drawing)
+    _, w, _ = _run_with_states(tiny_cfg(epochs=1, evals_per_epoch=4), data)
+    assert all(torch.equal(w_ref[1][k], w[1][k]) for k in w[1])
+    monkeypatch.setattr(torch.random, "fork_rng", lambda *a, **k: contextlib.nullcontext())
+    _, w_bad, _ = _run_with_states(tiny_cfg(epochs=1, evals_per_epoch=4), data)
+    assert any(not torch.equal(w_ref[1][k], w_bad[1][k]) for k in w_bad[1])
+
+
+# ----------------------------------------------------------------------------- test predictions
+
+def test_predictions_match_test_metrics_and_survive_resume(tmp_path, monkeypatch):
+    data = synth_data(29)
+    cfg = tiny_cfg(epochs=2, lr=3e-3)
+    kept = {}
+
+    def keep(metrics, ckpt):
+        shutil.copytree(ckpt, tmp_path / f"epoch{metrics['epoch']}")
+        kept[metrics["epoch"]] = metrics
+
+    train(cfg, data=data, report=keep)
+    for e in (1, 2):
+        pred = json.loads((tmp_path / f"epoch{e}" / checkpoints.PREDICTIONS_FILE).read_text())
+        assert load_state(tmp_path / f"epoch{e}")["predictions"] == pred
+        assert pred["row"] == list(range(12)) and pred["label"] == data["test"]["labels"].tolist()
+        p, y = torch.tensor(pred["prob_pos"], dtype=torch.float64), torch.tensor(pred["label"])
+        assert float(((p > 0.5).long() == y).double().mean()) == kept[e]["test_acc"]
+        nll = -torch.where(y == 1, p, 1 - p).log().mean()
+        assert float(nll) == pytest.approx(kept[e]["test_loss"], rel=1e-5)
+        assert len(set(pred["prob_pos"])) > 1
+
+    # Resumed, with an epoch 2 that is not a new best: the epoch-1 predictions carry over.
+    fake, _ = _scripted_evaluate([(0.1, 9.0)], [])
+    monkeypatch.setattr(training, "evaluate", fake)
+    train(cfg, data=data, resume_from=tmp_path / "epoch1",
+          report=lambda m, d: shutil.copytree(d, tmp_path / "resumed2"))
+    assert load_state(tmp_path / "resumed2")["best"]["epoch"] == 1
+    assert (json.loads((tmp_path / "resumed2" / checkpoints.PREDICTIONS_FILE).read_text())
+            == json.loads((tmp_path / "epoch1" / checkpoints.PREDICTIONS_FILE).read_text()))
+
+
+# ----------------------------------------------------------------------------- best model vs checkpoint
+
+class Crash(Exception):
+    pass
+
+
+def _best_weights(folder: Path) -> dict:
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(folder).state_dict()
+
+
+def test_crash_before_checkpoint_keeps_best_model_with_checkpoint(tmp_path, monkeypatch):
+    """A crash after a new best is found but before its epoch's checkpoint is persisted: the resumed
+    trial (whose epoch 2 is not a new best this time) must hold the best model of its own best epoch,
+    not that of the lost epoch. Fails when best_model/ is written before the report."""
+    calls = []
+    # epoch 1 best; epoch 2 new best, then the crash; resumed epoch 2 and epoch 3: worse than epoch 1
+    fake, _ = _scripted_evaluate([(0.5, 0.7), (0.9, 0.2), (0.4, 0.9), (0.4, 0.9)], calls)
+    monkeypatch.setattr(training, "evaluate", fake)
+    out, cfg, data = tmp_path / "trial", tiny_cfg(epochs=3, batch_size=8, micro_batch_size=8, lr=5e-3), synth_data(16)
+
+    def crash_at_2(metrics, ckpt):
+        if metrics["epoch"] == 2:
+            raise Crash  # before anything persisted the epoch-2 checkpoint
+        shutil.copytree(ckpt, tmp_path / f"epoch{metrics['epoch']}")
+
+    with pytest.raises(Crash):
+        train(cfg, data=data, report=crash_at_2, output_dir=out)
+    history = train(cfg, data=data, resume_from=tmp_path / "epoch1", output_dir=out,
+                    report=lambda m, d: None)
+    assert history[-1]["best_epoch"] == 1
+    assert checkpoints.best_model_epoch(out / "best_model") == 1
+    ckpt1 = load_state(tmp_path / "epoch1")["model"]
+    weights = _best_weights(out / "best_model")
+    assert all(torch.equal(weights[k], v) for k, v in ckpt1.items())
+    assert not (out / checkpoints.BEST_STAGING).exists()
+
+
+def test_crash_after_checkpoint_promotes_staged_best_model(tmp_path, monkeypatch):
+    """A crash after the epoch's checkpoint is persisted but before the new best model is put in
+    place: resuming from that checkpoint puts the staged model (of exactly its best epoch) in place."""
+    fake, _ = _scripted_evaluate([(0.5, 0.7), (0.9, 0.2), (0.4, 0.9)], [])
+    monkeypatch.setattr(training, "evaluate", fake)
+    out, cfg, data = tmp_path / "trial", tiny_cfg(epochs=3, batch_size=8, micro_batch_size=8, lr=5e-3), synth_data(16)
+
+    def persist_then_crash_at_2(metrics, ckpt):
+        shutil.copytree(ckpt, tmp_path / f"epoch{metrics['epoch']}")
+        if metrics["epoch"] == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(cfg, data=data, report=persist_then_crash_at_2, output_dir=out)
+    assert checkpoints.best_model_epoch(out / "best_model") == 1  # not yet promoted
+    history = train(cfg, data=data, resume_from=tmp_path / "epoch2", output_dir=out, report=lambda m, d: None)
+    assert [h["best_epoch"] for h in history] == [1, 2, 2]
+    assert checkpoints.best_model_epoch(out / "best_model") == 2
+    weights = _best_weights(out / "best_model")
+    assert all(torch.equal(weights[k], v) for k, v in load_state(tmp_path / "epoch2")["model"].items())

@@ -30,6 +30,7 @@ EPOCH_COLUMNS = [
     "test_acc", "test_loss", "test_nll", "test_ece", "test_confidence", "test_reliability",
     "micro_batch_size", "accumulation_steps", "oom_halvings", "peak_mem_gib", "precision", "device",
     "n_train", "n_val", "n_test", "val_majority_rate", "resumed_from_epoch", "best_model_path",
+    "evals",  # the epoch's evaluations (mid-epoch ones and the epoch's end): a JSON list of EVAL_COLUMNS rows
 ]
 
 # Added by the runner or by Tune to each reported result.

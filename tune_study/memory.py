@@ -1,11 +1,20 @@
-"""GPU memory: a packed trial's share of the card, and the micro-batch that fits in it."""
+"""GPU memory: a packed trial's share of the card, the micro-batch that fits in it, and what to do
+when a step runs out of it anyway (halve the micro-batch, or free the cache once).
+
+The micro-batch probe's results are cached per (model, max_len, precision, device, memory cap) in
+``<cache>/micro_batch.json``; a trial that still runs out of memory writes its halved micro-batch
+there, so later trials start at the size that fits instead of paying the same OOM.
+"""
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 
 import torch
+
+OOM = torch.cuda.OutOfMemoryError
 
 
 def cap_gpu_memory(fraction: float, device: torch.device | None = None) -> float | None:
@@ -20,27 +29,63 @@ def cap_gpu_memory(fraction: float, device: torch.device | None = None) -> float
     return cap
 
 
-def auto_micro_batch(c: dict, device: torch.device, precision: str, memory_cap: float | None = None) -> int:
-    """The largest power of two <= batch_size whose real training step (forward, backward and a
-    fused-AdamW step, so the optimizer's state is counted) fits, cached per (model, max_len,
-    precision, GPU, memory cap). On CPU memory is not the limit: 16 (measured best)."""
-    B = c["batch_size"]
-    if device.type != "cuda":
-        return min(B, 16)
+# ----------------------------------------------------------------------------- the probe and its cache
+
+def probe_key(c: dict, device: torch.device, precision: str, memory_cap: float | None = None) -> str:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return f"{c['model']}|{c['max_len']}|{precision}|{name}|cap={memory_cap or 1}"
+
+
+def _cache_file():
     from .data import cache_dir
+
+    return cache_dir() / "micro_batch.json"
+
+
+def cached_micro_batches() -> dict:
+    cache = _cache_file()
+    try:
+        return json.loads(cache.read_text()) if cache.exists() else {}
+    except ValueError:  # a torn write by a concurrent trial: probe again
+        return {}
+
+
+def record_micro_batch(key: str, m: int) -> None:
+    """Cache ``m`` (as the power of two at or below it) as the most that fits for ``key``; never raises
+    a value already there, so a trial's OOM only ever lowers it."""
+    known = cached_micro_batches()
+    m = 1 << (m.bit_length() - 1)
+    known[key] = min(known.get(key, m), m)
+    cache = _cache_file()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(known, indent=1))
+    os.replace(tmp, cache)
+
+
+def auto_micro_batch(c: dict, device: torch.device, precision: str, memory_cap: float | None = None) -> int:
+    """The micro-batch for ``micro_batch_size: auto``: on CPU memory is not the limit, 16 (measured
+    best); on a GPU the probe's answer (cached)."""
+    if device.type != "cuda":
+        return min(c["batch_size"], 16)
+    return probe_micro_batch(c, device, precision, memory_cap)
+
+
+def probe_micro_batch(c: dict, device: torch.device, precision: str, memory_cap: float | None = None) -> int:
+    """The largest power of two <= batch_size whose real training step (forward and backward in train
+    mode, so dropout's masks are counted, and a fused-AdamW step, so the optimizer's state is) fits.
+    Cached per ``probe_key``."""
     from .models import load_model
     from .training import accumulate_gradients, autocast_for
 
-    key = f"{c['model']}|{c['max_len']}|{precision}|{torch.cuda.get_device_name(device)}|cap={memory_cap or 1}"
-    cache = cache_dir() / "micro_batch.json"
-    try:
-        known = json.loads(cache.read_text()) if cache.exists() else {}
-    except ValueError:  # a torn write by a concurrent trial: probe again
-        known = {}
+    B = c["batch_size"]
+    key = probe_key(c, device, precision, memory_cap)
+    known = cached_micro_batches()
     if key in known:
         return min(B, known[key])
     t0 = time.perf_counter()
     model = load_model(c["model"]).to(device)
+    model.train()  # dropout on: eval mode would underestimate the activations (~2x measured)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.0, fused=True)  # lr 0: state only
     autocast = autocast_for(device, precision)
     top = 1 << (min(B, 1024).bit_length() - 1)
@@ -51,22 +96,99 @@ def auto_micro_batch(c: dict, device: torch.device, precision: str, memory_cap: 
             accumulate_gradients(model, [{"input_ids": x, "attention_mask": torch.ones_like(x),
                                           "labels": torch.zeros(m, dtype=torch.long, device=device)}], autocast)
             optimizer.step()
-            torch.cuda.synchronize(device)
+            _synchronize(device)
             break
-        except torch.cuda.OutOfMemoryError:
+        except OOM:
             pass
         # Out of the except block, so the exception's frames (and the tensors they hold) are gone.
         model.zero_grad(set_to_none=True)
-        torch.cuda.empty_cache()
+        free_cache(device)
         m //= 2
     del model, optimizer
-    torch.cuda.empty_cache()
+    free_cache(device)
     print(f"micro_batch_size auto: {m} for {c['model']} at max_len {c['max_len']}, {precision}"
           f"{f', memory cap {memory_cap}' if memory_cap else ''} (probe {time.perf_counter() - t0:.1f} s)", flush=True)
     if B >= 1024 or m < top:  # only a probe that hit a limit (or the 1024 ceiling) is general
-        known[key] = m
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known, indent=1))
-        os.replace(tmp, cache)
+        record_micro_batch(key, m)
     return m
+
+
+# ----------------------------------------------------------------------------- running out of memory
+
+def free_cache(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    # math.nan, one object: equal to itself in a compared dict (float("nan") would not be)
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else math.nan
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _get_rng(device: torch.device) -> torch.Tensor:
+    # The CUDA generator's state lives on the host: no sync.
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_rng(device: torch.device, state: torch.Tensor) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
+
+
+def accumulate_fitting(accumulate, micro_batches, m: int, optimizer, device: torch.device,
+                       cache_key: str | None = None) -> tuple[torch.Tensor, int, int]:
+    """``accumulate(micro_batches(m))`` for one window; on a CUDA OOM, halve ``m`` and run the window
+    again. Returns (loss, the micro-batch that fit, how many halvings it took).
+
+    Same window, same order, same effective batch: only the micro-batch shrinks. The dropout RNG is
+    rewound to where it was before the window, so a retry draws the same masks as an uninterrupted
+    run. The halved size is written to the probe's cache under ``cache_key``."""
+    halvings = 0
+    while True:
+        micro = micro_batches(m)
+        rng = _get_rng(device)
+        try:
+            return accumulate(micro), m, halvings
+        except OOM:
+            if m == 1:
+                raise
+        # Out of the except block: the failed attempt's activations are free by now.
+        del micro
+        optimizer.zero_grad(set_to_none=True)  # the failed attempt's partial gradients
+        free_cache(device)
+        _set_rng(device, rng)
+        m //= 2
+        halvings += 1
+        print(f"CUDA out of memory: micro_batch_size halved to {m} (the effective batch stays)", flush=True)
+        if cache_key is not None:
+            record_micro_batch(cache_key, m)
+
+
+def step_fitting(optimizer, device: torch.device) -> None:
+    """``optimizer.step()``, retried once after freeing the allocator's cache. A smaller micro-batch
+    cannot help here: by now the activations are gone and the step needs only the weights, their
+    gradients and AdamW's state, allocated at the first step: the usual place to fail, before any
+    weight is written, so the retry takes the same step."""
+    try:
+        optimizer.step()
+        return
+    except OOM:
+        pass
+    free_cache(device)
+    try:
+        optimizer.step()
+    except OOM as e:
+        raise OOM("CUDA out of memory in the optimizer step: the weights, gradients and AdamW state do not "
+                  "fit (a smaller micro_batch_size cannot help; give the trial more GPU memory)") from e

@@ -4,6 +4,7 @@ Effective batch ``batch_size`` (B) is reached by accumulating micro-batches of `
 (m): accumulation = ceil(B / m). Every optimizer step consumes exactly B examples except the last
 one of an epoch, which takes the remainder, so an epoch is ceil(N / B) steps. Each window's loss is
 the mean over *its* examples, so its gradient equals that of one big batch of the same examples.
+Val is evaluated ``evals_per_epoch`` times an epoch, evenly spaced, the last at the epoch's end.
 
 ``train(config, report=...)`` runs anywhere (tests, benchmarks, the CLI); ``trainable`` wraps it for
 Ray Tune (``tune.report`` once per epoch, with a checkpoint of the full state).
@@ -22,10 +23,14 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import checkpoint_epoch, load_state, rng_state, save_state, set_rng_state
+from . import memory
+from .checkpoints import (BEST_MODEL, checkpoint_epoch, load_state, mark_best_epoch, promote_best_model,
+                          recover_best_model, rng_state, save_state, set_rng_state, stage_best_model)
+from .columns import EPOCH_COLUMNS, EVAL_COLUMNS
 from .config import TRAIN_DEFAULTS, resolve_config
 from .errors import StudyError
-from .memory import auto_micro_batch, cap_gpu_memory
+from .evaluation import batch, eval_points, evaluate, on_device, sdpa_bert
+from .memory import cap_gpu_memory
 from .metrics import calibration
 
 # ----------------------------------------------------------------------------- the update
@@ -60,55 +65,39 @@ def autocast_for(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def _sdpa_bert(model) -> bool:
-    """BERT / RoBERTa under SDPA: these take a ready 4-D boolean mask as is (checked in the tests)."""
-    cfg = getattr(model, "config", None)
-    return getattr(cfg, "model_type", None) in ("bert", "roberta") and getattr(cfg, "_attn_implementation", None) == "sdpa"
+# ----------------------------------------------------------------------------- evaluation
+
+def _evaluate_aside(model, split: dict, batch_size: int, autocast, device: torch.device) -> dict:
+    """``evaluate`` with the RNG states put back afterwards: an evaluation in the middle of an epoch
+    must leave the dropout draws of the rest of the epoch as they were (eval mode draws none; this
+    keeps it so whatever a model does in eval mode)."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return evaluate(model, split, batch_size, autocast)
 
 
-def _batch(split: dict, idx: torch.Tensor, idx_cpu: torch.Tensor | None = None, prepared: bool = False) -> dict:
-    """One micro-batch of a split on its device.
-
-    ``prepared`` (BERT / RoBERTa under SDPA, with ``split["full"]``: the rows without padding, kept
-    on the host): given a 2-D mask, transformers asks the GPU whether it holds any padding
-    (``padding_mask.all()``), a host sync in every forward. Answered on the host instead: no padding
-    -> no mask (SDPA may use flash attention), else the 4-D boolean mask SDPA takes, passed through.
-    Same logits either way (tested)."""
-    am = split["attention_mask"][idx]
-    if prepared:
-        am = None if bool(split["full"][idx_cpu].all()) else am[:, None, None, :].bool()
-    else:
-        am = am.long()
-    return {"input_ids": split["input_ids"][idx].long(), "attention_mask": am, "labels": split["labels"][idx]}
+def _columns(names: list[str], values: dict) -> dict:
+    """``values`` as a row of exactly the columns ``names`` (the names are defined once, in columns.py)."""
+    if set(values) != set(names):
+        raise KeyError(f"metrics {sorted(set(values) ^ set(names))} are not (or not only) in columns.py")
+    return {k: values[k] for k in names}
 
 
-def _on_device(split: dict, device: torch.device) -> dict:
-    out = {k: v.to(device) for k, v in split.items() if k in ("input_ids", "attention_mask", "labels")}
-    out["full"] = split["attention_mask"].bool().all(1).cpu()  # host-side: which rows have no padding
-    return out
+def _is_better(val: dict, best: dict) -> bool:
+    """Best by val acc, val loss breaking ties."""
+    if val["val_acc"] != best["val_acc"]:
+        return val["val_acc"] > best["val_acc"]
+    return val["val_loss"] < best["val_loss"]
 
 
-@torch.no_grad()
-def evaluate(model, split: dict, batch_size: int = 64, autocast=None) -> dict:
-    """Mean loss, accuracy and class probabilities of ``model`` on a tokenized split (one sync)."""
-    model.eval()
-    n = len(split["labels"])
-    loss_sum = torch.zeros((), device=split["labels"].device)
-    probs = []
-    prepared = "full" in split and _sdpa_bert(model)
-    for i in range(0, n, batch_size):
-        # Indices made on each side: a host-to-device copy of them would wait for the GPU's queue.
-        j = min(i + batch_size, n)
-        b = _batch(split, torch.arange(i, j, device=split["labels"].device), torch.arange(i, j), prepared)
-        with autocast or contextlib.nullcontext():
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float()
-        loss_sum += F.cross_entropy(logits, b["labels"], reduction="sum")
-        probs.append(logits.softmax(-1))
-    model.train()
-    probs = torch.cat(probs).cpu()
-    labels = split["labels"].cpu()
-    return {"loss": float(loss_sum) / n, "acc": float((probs.argmax(1) == labels).double().mean()),
-            "probs": probs, "labels": labels}
+def _best_record(epoch: int, val: dict, test: dict) -> tuple[dict, dict]:
+    """The best-so-far summary, and the per-example test predictions of these weights."""
+    cal = calibration(test["probs"], test["labels"])
+    best = {"epoch": epoch, "val_acc": val["val_acc"], "val_loss": val["val_loss"],
+            "test_acc": test["acc"], "test_loss": test["loss"], "test_ece": cal["ece"],
+            "test_confidence": cal["mean_confidence"], "test_reliability": _bins_json(cal["bins"])}
+    predictions = {"row": list(range(len(test["labels"]))), "label": test["labels"].tolist(),
+                   "prob_pos": test["probs"][:, 1].tolist()}
+    return best, predictions
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -125,47 +114,132 @@ def train(config: dict, report: Callable[[dict, str | None], object] | None = No
           data: dict | None = None, resume_from: str | Path | None = None,
           output_dir: str | Path | None = None, memory_cap: float | None = None,
           checkpoints: bool = True) -> list[dict]:
-    """Fine-tune one config; returns the per-epoch metrics (also passed to ``report``).
-
-    ``report(metrics, checkpoint_dir)`` is called once per epoch, with a directory holding the full
-    state of that epoch (valid only during the call). A truthy return value stops training.
-    ``data`` is ``load_tokenized``'s result (loaded, and cached, when None). ``resume_from`` is a
-    checkpoint directory. ``output_dir`` receives ``best_model/`` (``save_pretrained``).
-    ``memory_cap`` is the share of the GPU's memory this process may use (``cap_gpu_memory``); the
-    micro-batch probe fits under it. ``checkpoints=False`` calls ``report(metrics, None)`` without
-    writing the state (the benchmark only needs the epoch's end).
-    """
-    from transformers import get_scheduler, set_seed
-
-    from .data import load_tokenized
-    from .models import load_model
-
+    """Fine-tune one config; returns the per-epoch metrics, also passed to ``report(metrics,
+    checkpoint_dir)`` once per epoch with a directory holding the epoch's full state (valid during the
+    call; None with ``checkpoints=False``); a truthy return stops training. ``data``: ``load_tokenized``'s
+    result (loaded when None). ``resume_from``: a checkpoint directory. ``output_dir`` receives
+    ``best_model/`` (``save_pretrained`` + ``best_epoch.json``), put in place once the report of its
+    epoch returns. ``memory_cap``: this process's share of the GPU (``cap_gpu_memory``)."""
     c = resolve_config(config)
     if c["threads"]:
         torch.set_num_threads(c["threads"])
     device = pick_device(c["device"])
-    precision = c["precision"]
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    precision = _precision(c["precision"], device)
     autocast = autocast_for(device, precision)
+    train_split, val_split, test_split, facts = _splits(c, data, device, precision)
+    n_train, B, eval_bs = facts["n_train"], c["batch_size"], c["eval_batch_size"]
+    cache_key = memory.probe_key(c, device, precision, memory_cap)  # where an OOM corrects the probe
+    m = c["micro_batch_size"]
+    m = memory.auto_micro_batch(c, device, precision, memory_cap) if m == "auto" else m
+    steps_per_epoch = math.ceil(n_train / B)
+    points = eval_points(steps_per_epoch, c["evals_per_epoch"])
+    model, step_model, optimizer, scheduler = _build(c, device, steps_per_epoch * c["epochs"])
+    run = _start(resume_from, output_dir, model, optimizer, scheduler)
+    m, resumed_from, progress = run["micro_batch_size"] or m, run["epoch"], run["progress"]
+    best_path = str(Path(output_dir) / BEST_MODEL) if output_dir else ""
+
+    for epoch in range(run["epoch"], c["epochs"]):
+        order_cpu, order = _epoch_order(n_train, c["seed"], epoch, device)
+        loss_sum, evals, eval_s, t0 = torch.zeros((), device=device), [], 0.0, time.perf_counter()
+        memory.reset_peak_memory(device)
+        for step in range(steps_per_epoch):
+            window, window_cpu = order[step * B:(step + 1) * B], order_cpu[step * B:(step + 1) * B]  # last: the rest
+            loss, m, halvings = memory.accumulate_fitting(
+                lambda micro: accumulate_gradients(step_model, micro, autocast),
+                _micro_batches(train_split, window, window_cpu, sdpa_bert(model)), m, optimizer, device, cache_key)
+            progress["oom_halvings"] += halvings
+            if c["max_grad_norm"]:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), c["max_grad_norm"])
+            memory.step_fitting(optimizer, device)
+            scheduler.step()           # once per optimizer step, never per micro-batch
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss * len(window)   # stays on the device: no host sync per step
+            if step + 1 in points:   # val, mid-epoch or at its end; train loss: the epoch's mean so far
+                seen = min((step + 1) * B, n_train)
+                at = {"epoch": epoch + points[step + 1], "epoch_end": step + 1 == steps_per_epoch,
+                      "optimizer_steps": progress["steps"] + step + 1, "samples_seen": progress["samples"] + seen}
+                row, eval_bs, seconds = _eval_point(model, val_split, eval_bs, autocast, device, loss_sum, seen, at)
+                evals, eval_s = [*evals, row], eval_s + seconds
+        epoch_time = time.perf_counter() - t0 - eval_s  # training only
+        progress.update(steps=progress["steps"] + steps_per_epoch, samples=progress["samples"] + n_train,
+                        train_time_s=progress["train_time_s"] + epoch_time)
+
+        # The best epoch is chosen at epoch ends only, as the seed's protocol does, so the best weights
+        # are always those of an epoch with a checkpoint. Test is evaluated only for a new best: the
+        # reported test numbers are always those of the best-val weights (early-stopped trials too).
+        new_best = _is_better(evals[-1], run["best"])
+        if new_best:
+            test, seconds = _timed(_evaluate_aside, model, test_split, eval_bs, autocast, device)
+            eval_s += seconds
+            run["best"], run["predictions"] = _best_record(epoch + 1, evals[-1], test)
+            if output_dir:
+                _stage_best_model(model, c["model"], output_dir, epoch + 1)
+
+        metrics = _epoch_metrics(epoch + 1, evals, run, facts, {
+            "lr": scheduler.get_last_lr()[0], "samples_per_s": n_train / epoch_time, "epoch_train_s": epoch_time,
+            "eval_s": eval_s, "micro_batch_size": m, "accumulation_steps": math.ceil(B / m),
+            "peak_mem_gib": memory.peak_memory_gib(device), "resumed_from_epoch": resumed_from,
+            "best_model_path": best_path if run["best"]["epoch"] else ""})
+        run.update(epoch=epoch + 1, micro_batch_size=m)
+        run["history"].append(metrics)
+        stop = _report(report, metrics, checkpoints and (lambda: _state(model, optimizer, scheduler, run)))
+        # Only now, with the epoch's checkpoint persisted by ``report``: a crash before this line
+        # resumes from a checkpoint that agrees with the best model in place (recover_best_model).
+        if new_best and output_dir:
+            promote_best_model(output_dir)
+        if stop:
+            break
+    return run["history"]
+
+
+# ----------------------------------------------------------------------------- train()'s helpers
+
+def _precision(name: str, device: torch.device) -> str:
+    if name != "auto":
+        return name
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def _splits(c: dict, data: dict | None, device: torch.device, precision: str) -> tuple[dict, dict, dict, dict]:
+    """train, val and test on the device (``load_tokenized`` when ``data`` is None), and the facts of
+    the run reported every epoch (split sizes, precision, device)."""
+    from .data import load_tokenized
 
     data = data if data is not None else load_tokenized(c["data"], c["model"], c["max_len"])
-    train_split, val_split, test_split = (_on_device(data[s], device) for s in ("train", "val", "test"))
-    n_train = len(train_split["labels"])
-    split_facts = {"n_train": n_train, "n_val": len(val_split["labels"]), "n_test": len(test_split["labels"]),
-                   # the accuracy of always answering the majority class: the report's "chance" line
-                   "val_majority_rate": max(float(val_split["labels"].float().mean()),
-                                            1 - float(val_split["labels"].float().mean()))}
-    B = c["batch_size"]
-    m = (auto_micro_batch(c, device, precision, memory_cap) if c["micro_batch_size"] == "auto"
-         else c["micro_batch_size"])
-    steps_per_epoch = math.ceil(n_train / B)
-    total_steps = steps_per_epoch * c["epochs"]
+    train_split, val_split, test_split = (on_device(data[s], device) for s in ("train", "val", "test"))
+    facts = {**_split_facts(train_split, val_split, test_split), "precision": precision, "device": _device_name(device)}
+    return train_split, val_split, test_split, facts
 
-    set_seed(c["seed"])  # classifier-head init and dropout
+
+def _split_facts(train_split: dict, val_split: dict, test_split: dict) -> dict:
+    val_pos = float(val_split["labels"].float().mean())
+    return {"n_train": len(train_split["labels"]), "n_val": len(val_split["labels"]),
+            "n_test": len(test_split["labels"]),
+            # the accuracy of always answering the majority class: the report's "chance" line
+            "val_majority_rate": max(val_pos, 1 - val_pos)}
+
+
+def _epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The epoch's example order, on the host and on the device. It depends on (seed, epoch) alone,
+    so a resumed run sees the same order."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return order, order.to(device)
+
+
+def _micro_batches(split: dict, window: torch.Tensor, window_cpu: torch.Tensor, prepared: bool):
+    """The window cut into micro-batches of a size given later (it shrinks after an OOM)."""
+    return lambda m: [batch(split, window[i:i + m], window_cpu[i:i + m], prepared) for i in range(0, len(window), m)]
+
+
+def _build(c: dict, device: torch.device, total_steps: int):
+    """The model (seeded: classifier-head init and dropout), its compiled twin, AdamW and the LR schedule."""
+    from transformers import get_scheduler, set_seed
+
+    from .models import load_model
+
+    set_seed(c["seed"])
     model = load_model(c["model"]).to(device)
     model.train()
-    prepared = _sdpa_bert(model)
     # Default mode (CUDA graphs break on HF outputs). Static shapes: the epoch's last window and its
     # remainder micro-batches get graphs of their own once, instead of turning every call dynamic.
     step_model = torch.compile(model, dynamic=False) if c["compile"] else model
@@ -174,118 +248,91 @@ def train(config: dict, report: Callable[[dict, str | None], object] | None = No
     sched_name = "constant_with_warmup" if c["scheduler"] == "constant" and c["warmup_ratio"] else c["scheduler"]
     scheduler = get_scheduler(sched_name, optimizer, num_warmup_steps=round(c["warmup_ratio"] * total_steps),
                               num_training_steps=total_steps)
+    return model, step_model, optimizer, scheduler
 
-    best = {"epoch": 0, "val_acc": -1.0, "val_loss": math.inf, "test_acc": math.nan, "test_loss": math.nan,
-            "test_ece": math.nan, "test_confidence": math.nan, "test_reliability": "[]"}
-    progress = {"steps": 0, "samples": 0, "train_time_s": 0.0, "oom_halvings": 0}
-    start_epoch, history = 0, []
-    resumed_from = 0
-    if resume_from is not None:
-        state = load_state(resume_from)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        start_epoch, best, progress = state["epoch"], state["best"], state["progress"]
-        history = list(state.get("history", []))
-        m = state.get("micro_batch_size", m)
-        resumed_from = start_epoch
 
-    best_dir = Path(output_dir) / "best_model" if output_dir else None
-    for epoch in range(start_epoch, c["epochs"]):
-        # The example order depends on (seed, epoch) alone, so a resumed run sees the same order.
-        order_cpu = torch.randperm(n_train, generator=torch.Generator().manual_seed(c["seed"] * 100_003 + epoch))
-        order = order_cpu.to(device)
-        loss_sum = torch.zeros((), device=device)
-        t0 = time.perf_counter()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        for step in range(steps_per_epoch):
-            window = order[step * B:(step + 1) * B]          # the last window takes the remainder
-            window_cpu = order_cpu[step * B:(step + 1) * B]
-            while True:
-                micro = [_batch(train_split, window[i:i + m], window_cpu[i:i + m], prepared)
-                         for i in range(0, len(window), m)]
-                # The dropout RNG as it was before this window: a retry after an OOM draws the same
-                # masks as an uninterrupted run (the CUDA generator's state lives on the host: no sync).
-                rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
-                try:
-                    loss = accumulate_gradients(step_model, micro, autocast)
-                    break
-                except torch.cuda.OutOfMemoryError:
-                    if m == 1:
-                        raise
-                # Out of the except block: the failed attempt's activations are free by now.
-                # Same window, same order, same effective batch: only the micro-batch shrinks.
-                del micro
-                optimizer.zero_grad(set_to_none=True)
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                    torch.cuda.set_rng_state(rng, device)
-                else:
-                    torch.set_rng_state(rng)
-                m //= 2
-                progress["oom_halvings"] += 1
-                print(f"CUDA out of memory: micro_batch_size halved to {m} (batch_size stays {B})", flush=True)
-            if c["max_grad_norm"]:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), c["max_grad_norm"])
-            optimizer.step()
-            scheduler.step()           # once per optimizer step, never per micro-batch
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss * len(window)   # stays on the device: no host sync per step
-        train_loss = float(loss_sum) / n_train  # the epoch's one sync
-        epoch_time = time.perf_counter() - t0
-        progress["steps"] += steps_per_epoch
-        progress["samples"] += n_train
-        progress["train_time_s"] += epoch_time
+def _timed(fn, *args):
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t0
 
-        # Evaluation runs the uncompiled module (same weights): eval mode, no_grad and the eval
-        # batch would each cost the compiled one a recompile.
-        t_eval = time.perf_counter()
-        val = evaluate(model, val_split, c["eval_batch_size"], autocast)
-        # Best by val acc, val loss breaking ties; test is evaluated only for a new best, so the
-        # reported test numbers are always those of the best-val weights (early-stopped trials too).
-        new_best = val["acc"] > best["val_acc"] or (val["acc"] == best["val_acc"] and val["loss"] < best["val_loss"])
-        if new_best:
-            test = evaluate(model, test_split, c["eval_batch_size"], autocast)
-            cal = calibration(test["probs"], test["labels"])
-            best = {"epoch": epoch + 1, "val_acc": val["acc"], "val_loss": val["loss"],
-                    "test_acc": test["acc"], "test_loss": test["loss"], "test_ece": cal["ece"],
-                    "test_confidence": cal["mean_confidence"],
-                    "test_reliability": _bins_json(cal["bins"])}
-        eval_s = time.perf_counter() - t_eval  # val, and test for a new best (the part that grows with them)
-        if new_best and best_dir is not None:
-            model.save_pretrained(best_dir)
-            _save_tokenizer(c["model"], best_dir)
 
-        metrics = {
-            "epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"], "val_acc": val["acc"],
-            "lr": scheduler.get_last_lr()[0], "optimizer_steps": progress["steps"],
-            "samples_seen": progress["samples"], "samples_per_s": n_train / epoch_time,
-            "epoch_train_s": epoch_time, "eval_s": eval_s, "train_time_s": progress["train_time_s"],
-            "best_epoch": best["epoch"], "best_val_acc": best["val_acc"], "best_val_loss": best["val_loss"],
-            "test_acc": best["test_acc"], "test_loss": best["test_loss"], "test_nll": best["test_loss"],
-            "test_ece": best["test_ece"], "test_confidence": best["test_confidence"],
-            "test_reliability": best["test_reliability"],
-            "micro_batch_size": m, "accumulation_steps": math.ceil(B / m), "oom_halvings": progress["oom_halvings"],
-            "precision": precision, "device": _device_name(device),
-            "peak_mem_gib": (torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else math.nan),
-            **split_facts, "resumed_from_epoch": resumed_from, "best_model_path": str(best_dir) if best_dir and best["epoch"] else "",
-        }
-        history.append(metrics)
-        stop = False
-        if report is not None and not checkpoints:
-            stop = report(metrics, None)
-        elif report is not None:
-            with tempfile.TemporaryDirectory(prefix="tune_study_ckpt_") as ckpt:
-                save_state(ckpt, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                  "scheduler": scheduler.state_dict(), "rng": rng_state(),
-                                  "epoch": epoch + 1, "best": best, "progress": progress,
-                                  "history": history, "micro_batch_size": m})
-                stop = report(metrics, ckpt)
-        if stop:
-            break
-    return history
+def _eval_point(model, split: dict, batch_size: int, autocast, device: torch.device, loss_sum: torch.Tensor,
+                seen: int, at: dict) -> tuple[dict, int, float]:
+    """One evaluation of val at a point ``at`` of training: (its EVAL_COLUMNS row, the eval batch
+    that fit, seconds). The train loss, the mean over the epoch's ``seen`` examples so far, is read
+    first: the one host sync, before the clock starts."""
+    train_loss = float(loss_sum) / seen
+    val, seconds = _timed(_evaluate_aside, model, split, batch_size, autocast, device)
+    row = _columns(EVAL_COLUMNS, {**at, "train_loss": train_loss, "val_loss": val["loss"], "val_acc": val["acc"]})
+    return row, val.get("batch_size", batch_size), seconds
+
+
+def _epoch_metrics(epoch: int, evals: list[dict], run: dict, facts: dict, this_epoch: dict) -> dict:
+    """The epoch's report: the epoch-end evaluation, the epoch's evaluations as JSON, the best-val
+    weights' test numbers, progress, and facts of the run; exactly columns.py's names."""
+    best, progress = run["best"], run["progress"]
+    return _columns(EVAL_COLUMNS + EPOCH_COLUMNS, {
+        **evals[-1], "epoch": epoch, "evals": json.dumps(evals), **this_epoch, **facts,
+        "train_time_s": progress["train_time_s"], "oom_halvings": progress["oom_halvings"],
+        "best_epoch": best["epoch"], "best_val_acc": best["val_acc"], "best_val_loss": best["val_loss"],
+        "test_acc": best["test_acc"], "test_loss": best["test_loss"], "test_nll": best["test_loss"],
+        "test_ece": best["test_ece"], "test_confidence": best["test_confidence"],
+        "test_reliability": best["test_reliability"]})
+
+
+def _fresh_run() -> dict:
+    """What a checkpoint holds besides the tensors: epochs done, best so far, progress, history."""
+    return {"epoch": 0, "best": {"epoch": 0, "val_acc": -1.0, "val_loss": math.inf, "test_acc": math.nan,
+                                 "test_loss": math.nan, "test_ece": math.nan, "test_confidence": math.nan,
+                                 "test_reliability": "[]"},
+            "progress": {"steps": 0, "samples": 0, "train_time_s": 0.0, "oom_halvings": 0},
+            "history": [], "micro_batch_size": None, "predictions": None}
+
+
+def _start(resume_from, output_dir, model, optimizer, scheduler) -> dict:
+    """A fresh run or the checkpoint's; the best model on disk made to agree with it."""
+    run = _restore(resume_from, model, optimizer, scheduler) if resume_from is not None else _fresh_run()
+    if output_dir:
+        recover_best_model(output_dir, run["best"]["epoch"])
+    return run
+
+
+def _restore(path, model, optimizer, scheduler) -> dict:
+    state = load_state(path)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    run = _fresh_run()
+    return {**run, **{k: state[k] for k in run if k in state}, "history": list(state.get("history", []))}
+
+
+def _state(model, optimizer, scheduler, run: dict) -> dict:
+    """A checkpoint's content: the tensors' states, the RNGs, and ``run`` (epoch, best, progress,
+    history, micro_batch_size, predictions)."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "rng": rng_state(), **run}
+
+
+def _report(report, metrics: dict, state) -> object:
+    """``report(metrics, checkpoint_dir)``; ``state`` (a function) gives the checkpoint's content, or
+    is falsy for a report without a checkpoint."""
+    if report is None:
+        return False
+    if not state:
+        return report(metrics, None)
+    with tempfile.TemporaryDirectory(prefix="tune_study_ckpt_") as ckpt:
+        save_state(ckpt, state())
+        return report(metrics, ckpt)
+
+
+def _stage_best_model(model, model_name: str, output_dir, epoch: int) -> None:
+    """The new best weights (and tokenizer) into the staging folder; promoted after the report."""
+    staging = stage_best_model(output_dir)
+    model.save_pretrained(staging)
+    _save_tokenizer(model_name, staging)
+    mark_best_epoch(staging, epoch)
 
 
 def _save_tokenizer(model_name: str, best_dir: Path) -> None:
@@ -302,8 +349,6 @@ def _save_tokenizer(model_name: str, best_dir: Path) -> None:
 
 
 def _bins_json(bins) -> str:
-    import json
-
     return json.dumps([[round(lo, 4), round(hi, 4), k, round(conf, 6), round(acc, 6)]
                        for lo, hi, k, conf, acc in bins])
 

@@ -3,6 +3,8 @@ cannot run), and the resources each trial asks for."""
 from __future__ import annotations
 
 import os
+import signal
+import time
 from pathlib import Path
 
 EXPOSED_WARNING = (
@@ -119,3 +121,21 @@ def resources_for(study: dict, n_trials: int):
         return {"cpu": cpt, "gpu": g}
 
     return per_trial, conc, int(max(1, cpt))
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def keep_alive(ctx) -> None:
+    """Keep the driver (and the dashboard) up until Ctrl-C or SIGTERM. Tune leaves its own SIGINT
+    handler installed after fit (it only ends a Tune run), so ours go in first."""
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    print_dashboard(ctx)
+    print("keeping the driver alive for the dashboard; Ctrl-C to stop", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping", flush=True)

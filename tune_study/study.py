@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import StudyError
-from .ray_setup import init_ray, print_dashboard, resources_for
+from .ray_setup import init_ray, keep_alive, print_dashboard, resources_for
 from .results import EXPERIMENT, REPEAT_EXPERIMENT, console_table, export, load_result_grid
 from .spaces import epochs_of, grid_size
 
@@ -295,24 +294,6 @@ def _unfinished(trials) -> int:
     return int(trials["status"].isin(["RUNNING", "PENDING", "PAUSED"]).sum()) if len(trials) else 0
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def keep_alive(ctx) -> None:
-    """Keep the driver (and the dashboard) up until Ctrl-C or SIGTERM. Tune leaves its own SIGINT
-    handler installed after fit (it only ends a Tune run), so ours go in first."""
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
-    print_dashboard(ctx)
-    print("keeping the driver alive for the dashboard; Ctrl-C to stop", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        print("stopping", flush=True)
-
-
 def run_study(study: dict, options, param_space: dict, search_alg=None, num_samples: int = 1,
               kind: str = "grid", datasets: dict | None = None) -> int:
     """Ray up, the study's Tune run (fit or restore), its repeat stage if any, exports, report.
@@ -365,13 +346,17 @@ def run_study(study: dict, options, param_space: dict, search_alg=None, num_samp
         grids = [(kind, result_grid)]
         trials, _ = export(grids, study, study_dir)
         if repeat and not _unfinished(trials):
-            points = [] if options.resume and tune.Tuner.can_restore(rep_path) else repeat_points(result_grid, repeat)
-            print(f"repeat: the top {repeat['top']} configs x seeds {repeat['seeds']}, no early stopping")
-            tuner = _tuner(study, make_trainable(rep_path), rep_path, storage, REPEAT_EXPERIMENT, {},
-                           search_alg=BasicVariantGenerator(points_to_evaluate=points),
-                           num_samples=len(points), conc=conc, scheduler=None, resume=options.resume)
-            grids.append(("repeat", _fit(tuner, rep_path)))
-            trials, _ = export(grids, study, study_dir)
+            restoring = options.resume and tune.Tuner.can_restore(rep_path)
+            points = [] if restoring else repeat_points(result_grid, repeat)
+            if restoring or points:
+                print(f"repeat: the top {repeat['top']} configs x seeds {repeat['seeds']}, no early stopping")
+                # the points name every key, so the space must too (each point's values replace its)
+                tuner = _tuner(study, make_trainable(rep_path), rep_path, storage, REPEAT_EXPERIMENT,
+                               dict(points[0]) if points else {},
+                               search_alg=BasicVariantGenerator(points_to_evaluate=points),
+                               num_samples=len(points), conc=conc, scheduler=None, resume=options.resume)
+                grids.append(("repeat", _fit(tuner, rep_path)))
+                trials, _ = export(grids, study, study_dir)
         wall = time.time() - t0
         print(f"\n{kind} '{study['name']}': {len(trials)} trials in {wall:.0f} s; exports in {study_dir}")
         print(console_table(trials, list(study["axes"])))

@@ -184,7 +184,8 @@ def console_table(trials: pd.DataFrame, axes: list[str]) -> str:
     """The final table, sorted by test accuracy."""
     if trials.empty:
         return "(no trials)"
-    cols = [c for c in [*axes, "status", "stopped_early", "epochs_run", "optimizer_steps", "best_epoch",
+    extra = [c for c in ("stage", "seed") if c in trials.columns and c not in axes and trials[c].nunique() > 1]
+    cols = [c for c in [*extra, *axes, "status", "stopped_early", "epochs_run", "optimizer_steps", "best_epoch",
                         "best_val_acc", "test_acc", "test_loss", "test_ece", "samples_per_s", "wall_time_s"]
             if c in trials.columns]
     t = trials.sort_values("test_acc", ascending=False, na_position="last")[cols]

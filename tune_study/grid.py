@@ -3,7 +3,10 @@
 batch size x model x scheduler (x seed) as ``tune.grid_search`` axes, ASHA early stopping on val
 acc (one rung per epoch), checkpoints every epoch (at most 2 kept per trial), retries from the last
 checkpoint, ``--resume`` through ``Tuner.restore``. Output: <results-dir>/<study name>/ with the Ray
-experiment (tune/), trials.csv/.parquet, history.csv/.parquet and the report.
+experiment (tune/), trials.csv/.parquet, history.csv/.parquet (predictions.csv/.parquet when the
+trials stored test predictions) and the report. With ``repeat: {top: K, seeds: [...]}`` the K best
+configs by val accuracy then run again over those seeds without early stopping (experiment repeat/;
+``stage`` "repeat" in the tables). The runner itself is ``tune_study.study``.
 """
 from __future__ import annotations
 

@@ -128,8 +128,9 @@ def _interrupt(signum, frame):
 
 
 def keep_alive(ctx) -> None:
-    """Keep the driver (and the dashboard) up until Ctrl-C or SIGTERM. Tune leaves its own SIGINT
-    handler installed after fit (it only ends a Tune run), so ours go in first."""
+    """Keep the driver (and the dashboard) up until Ctrl-C or SIGTERM; then return (the caller shuts
+    Ray down). Tune leaves its own SIGINT handler installed after fit, which only ends a Tune run and
+    keeps the driver up: ours go in first, and Python's defaults come back after."""
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     print_dashboard(ctx)
@@ -139,3 +140,6 @@ def keep_alive(ctx) -> None:
             time.sleep(3600)
     except KeyboardInterrupt:
         print("stopping", flush=True)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tune_study import grid, train
+from tune_study import grid, ray_setup, train
 from tune_study.errors import StudyError
 from tune_study.checkpoints import load_state
 
@@ -157,8 +157,8 @@ def test_checkpoint_loading_runs_no_code(tmp_path):
 
 
 def test_exposed_dashboard_warns():
-    assert grid.dashboard_warning("127.0.0.1") is None
-    w = grid.dashboard_warning("0.0.0.0")
+    assert ray_setup.dashboard_warning("127.0.0.1") is None
+    w = ray_setup.dashboard_warning("0.0.0.0")
     assert "CVE-2023-48022" in w and "0.0.0.0" in w
 
 

@@ -32,12 +32,12 @@ def _crash_once_hook():
     ``armed`` exists in the flag folder, the first batch-8 constant trial raises once right after its
     epoch-1 report (its checkpoint exists); if ``armed`` says "corrupt", it first tears that
     checkpoint's state.pt, as a crash in mid-write would."""
-    import tune_study.training as training
+    import tune_study.study as study
 
     flag_dir = os.environ.get(CRASH_FLAG)
-    if not flag_dir or getattr(training, "_crash_hook_installed", False):
+    if not flag_dir or getattr(study, "_crash_hook_installed", False):
         return
-    real_trainable = training.trainable
+    real_trainable = study.trainable
 
     def trainable(config, **params):
         from ray import tune
@@ -68,8 +68,8 @@ def _crash_once_hook():
         finally:
             tune.report = real_tune_report
 
-    training.trainable = trainable
-    training._crash_hook_installed = True
+    study.trainable = trainable
+    study._crash_hook_installed = True
 
 
 @pytest.fixture(scope="module")

@@ -1,16 +1,23 @@
-"""The one-command GPU session (python -m tune_study.gpu_check) and the pieces it relies on, checked
+"""The one-command GPU session (python tools/gpu_check.py) and the pieces it relies on, checked
 on a CPU: the seed-grid projection's arithmetic, the memory cap of packed trials, the packed-trials
 benchmark, the tokenizer-less best model, and the whole script in its smoke mode."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from tune_study import bench, gpu_check, memory, training
+from tune_study import bench, memory, training
+
+# tools/gpu_check.py is a script of the repository, not a module of the package
+_spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).resolve().parents[1] / "tools" / "gpu_check.py")
+gpu_check = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gpu_check)
 
 
 def test_projection_arithmetic():
@@ -113,7 +120,7 @@ def test_missing_dashboard_extra_is_a_warning_not_a_crash():
     """The GPU host has ray but not ray[default]'s packages: Ray must come up without the dashboard.
     (Simulated in a fresh driver by making aiohttp_cors unimportable there.)"""
     r = _fresh_driver("import sys; sys.modules['aiohttp_cors'] = None\n"
-                      "import ray\nfrom tune_study.grid import init_ray, print_dashboard\n"
+                      "import ray\nfrom tune_study.ray_setup import init_ray, print_dashboard\n"
                       "ctx = init_ray(None, '127.0.0.1', 8265, 1)\nprint_dashboard(ctx)\n"
                       "print('UP', ray.is_initialized(), ray.cluster_resources().get('CPU'))\nray.shutdown()\n")
     assert "WARNING: the Ray dashboard is not available here (ModuleNotFoundError" in r.stdout
@@ -147,7 +154,7 @@ def test_local_ray_gets_the_gpus_torch_sees():
     """Ray's own GPU count (NVML) can come back 0 silently; the local instance takes torch's count.
     (Simulated in a fresh driver whose torch claims two GPUs.)"""
     r = _fresh_driver("import torch\ntorch.cuda.is_available = lambda: True\ntorch.cuda.device_count = lambda: 2\n"
-                      "import ray\nfrom tune_study.grid import init_ray\n"
+                      "import ray\nfrom tune_study.ray_setup import init_ray\n"
                       "init_ray(None, '127.0.0.1', 8265, 1)\nprint('GPU', ray.cluster_resources().get('GPU'))\n"
                       "ray.shutdown()\n")
     assert "GPU 2.0" in r.stdout
@@ -157,4 +164,4 @@ def test_mask_path_check_runs_and_agrees():
     """The GPU run compares the host-side mask path with the 2-D mask in bf16; here on the CPU."""
     r = gpu_check.mask_path_check("tiny-bert", torch.device("cpu"))
     assert r["mask_path_used"] is True
-    assert r["mask_path_max_logit_diff_unpadded"] < 0.05 and r["mask_path_max_logit_diff_padded"] < 0.05
+    assert r["mask_path_max_prob_diff_unpadded"] < 0.02 and r["mask_path_max_prob_diff_padded"] < 0.02

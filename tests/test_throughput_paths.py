@@ -10,7 +10,7 @@ import tune_study.checkpoints as checkpoints
 import tune_study.config as config
 import tune_study.memory as memory
 import tune_study.training as training
-from tune_study import bench, grid
+from tune_study import bench, ray_setup
 
 
 def _data(n=24, L=16):
@@ -82,7 +82,7 @@ def test_probe_runs_in_train_mode_and_caches_what_fits(monkeypatch, tmp_path):
         return model
 
     monkeypatch.setattr(models, "load_model", spy_load)
-    c = training.resolve_config({"model": "tiny-bert", "batch_size": 64, "max_len": 16})
+    c = config.resolve_config({"model": "tiny-bert", "batch_size": 64, "max_len": 16})
     assert memory.probe_micro_batch(c, torch.device("cpu"), "fp32") == 4   # 64, 32, 16, 8 fail
     assert seen_modes and all(seen_modes), seen_modes
     assert memory.cached_micro_batches() == {memory.probe_key(c, torch.device("cpu"), "fp32"): 4}
@@ -154,13 +154,13 @@ def test_gpu_fraction_packing(monkeypatch):
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 1.0})
     study = {"resources": {"cpus_per_trial": "auto", "gpus_per_trial": "auto", "max_concurrent_trials": "auto",
                            "gpu_fraction": {32: 0.25, 256: 0.5, "default": 1}}}
-    per_trial, conc, threads = grid.resources_for(study, n_trials=16)
+    per_trial, conc, threads = ray_setup.resources_for(study, n_trials=16)
     assert per_trial({"batch_size": 16}) == {"cpu": 4, "gpu": 0.25}   # 4 small trials share the GPU
     assert per_trial({"batch_size": 256})["gpu"] == 0.5
     assert per_trial({"batch_size": 1024})["gpu"] == 1
     assert conc is None and threads == 4
     study["resources"]["gpu_fraction"] = None
-    per_trial, _, _ = grid.resources_for(study, n_trials=16)
+    per_trial, _, _ = ray_setup.resources_for(study, n_trials=16)
     assert per_trial({"batch_size": 16}) == {"cpu": 16, "gpu": 1}      # default: one GPU per trial
 
 
@@ -170,7 +170,7 @@ def test_cpu_resources_split_cores(monkeypatch):
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     study = {"resources": {"cpus_per_trial": "auto", "gpus_per_trial": "auto", "max_concurrent_trials": "auto",
                            "gpu_fraction": None}}
-    per_trial, conc, threads = grid.resources_for(study, n_trials=8)
+    per_trial, conc, threads = ray_setup.resources_for(study, n_trials=8)
     assert conc == 2 and threads == 1 and per_trial({"batch_size": 8}) == {"cpu": 1, "gpu": 0}
 
 

@@ -27,8 +27,8 @@ import warnings
 from pathlib import Path
 
 from .errors import EXIT_BAD_INPUT, StudyError
-from .grid import (check_study_dir, create_study_dir, parser as grid_parser, representative_configs,
-                   run_study, study_paths, tokenize_for_study)
+from .study import (check_study_dir, create_study_dir, options_from_args, representative_configs, run_study,
+                    study_parser, study_paths, tokenize_for_study)
 from .config import TRAIN_DEFAULTS, load_space, read_yaml
 
 SEARCH_METRIC = "best_val_acc"   # what TPE maximises: a trial's best val acc over its epochs
@@ -37,8 +37,7 @@ SEEDS_FILE = "points_to_evaluate.json"
 
 
 def parser():
-    p = grid_parser(prog="python -m tune_study.search", default_space="search_spaces/followup.yaml",
-                    description=__doc__)
+    p = study_parser("python -m tune_study.search", "search_spaces/followup.yaml", __doc__)
     p.add_argument("--from-grid", metavar="STUDY_DIR", default=None,
                    help="a finished grid study folder (<results-dir>/<grid name>, or its trials.parquet): "
                         "its best trial per model (by best_val_acc, else test_acc) is evaluated first "
@@ -64,7 +63,6 @@ def _choices(spec):
 def load_search_space(path) -> dict:
     """A search study file, validated (config.Study checks what Optuna needs and what training takes)."""
     return load_space(path, kind="search")
-
 
 def to_domain(spec):
     """One axis of a study file -> a Ray Tune search domain (lists become choices)."""
@@ -291,7 +289,7 @@ def main(argv=None) -> int:
     print(f"search '{study['name']}': {study['num_samples']} samples, TPE seed {study['search_seed']}, "
           f"optimising {SEARCH_METRIC}")
     try:
-        return run_study(study, args, param_space=search_param_space(study),
+        return run_study(study, options_from_args(args), search_param_space(study),
                          search_alg=make_searcher(study, points), num_samples=study["num_samples"],
                          kind="search", datasets=datasets)
     except StudyError as e:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -24,13 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from . import memory
-from .checkpoints import (BEST_MODEL, checkpoint_epoch, load_state, mark_best_epoch, promote_best_model,
+from .checkpoints import (BEST_MODEL, load_state, mark_best_epoch, promote_best_model,
                           recover_best_model, rng_state, save_state, set_rng_state, stage_best_model)
 from .columns import EPOCH_COLUMNS, EVAL_COLUMNS
-from .config import TRAIN_DEFAULTS, resolve_config
+from .config import resolve_config
 from .errors import StudyError
 from .evaluation import batch, eval_points, evaluate, on_device, sdpa_bert
-from .memory import cap_gpu_memory
 from .metrics import calibration
 
 # ----------------------------------------------------------------------------- the update
@@ -357,63 +355,3 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu x{torch.get_num_threads()}"
-
-
-# ----------------------------------------------------------------------------- Ray Tune
-
-def trainable(config: dict, datasets: dict | None = None, experiment_dir: str | None = None) -> None:
-    """The Tune trainable: one trial = one ``train`` call; reports and checkpoints once per epoch.
-
-    ``datasets`` maps a tokenizer key to tokenized splits; the grid passes it with
-    ``tune.with_parameters`` so the tensors travel once through the object store.
-    ``experiment_dir`` is the experiment's folder when storage is a local (or shared) filesystem:
-    trial folders are named like trials, so the trial's checkpoints and best model live in
-    ``experiment_dir/<trial name>``.
-    """
-    from ray import tune
-
-    from .models import tokenizer_id
-
-    data = None
-    if datasets:
-        data = datasets.get(f"{tokenizer_id(config['model'])}|{config.get('max_len', TRAIN_DEFAULTS['max_len'])}")
-
-    import ray
-
-    runtime = ray.get_runtime_context()
-    node = runtime.get_node_id()  # which machine of a cluster ran this trial
-    # A fractional GPU (packed small-batch trials) also means a fractional share of its memory.
-    gpu_share = runtime.get_assigned_resources().get("GPU", 0.0)
-    memory_cap = cap_gpu_memory(gpu_share)
-
-    def report(metrics, ckpt_dir):
-        tune.report({**metrics, "node_id": node, "gpu_share": gpu_share},
-                    checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
-
-    ctx = tune.get_context()
-    local = experiment_dir is not None and Path(experiment_dir).is_dir()
-    trial_dir = Path(experiment_dir) / ctx.get_trial_name() if local else Path(ctx.get_trial_dir())
-    checkpoint = tune.get_checkpoint()
-    with contextlib.ExitStack() as stack:
-        resume = Path(stack.enter_context(checkpoint.as_directory())) if checkpoint else None
-        known = checkpoint_epoch(resume) if resume else 0
-        # A driver killed between a trial's checkpoint and Tune's next experiment snapshot restarts
-        # that trial as if it had none (or an older one); a torn copy may also be what Tune hands us.
-        # The trial folder still holds every complete checkpoint: take the newest, and replay the
-        # epochs Tune lost (their real, stored metrics) so its history and ASHA's rungs stay whole.
-        on_disk = sorted(((e, d) for d in trial_dir.glob("checkpoint_*") if (e := checkpoint_epoch(d))),
-                         key=lambda x: x[0])
-        if on_disk and known is not None and on_disk[-1][0] > known:  # (None: Tune's is torn -> clear error)
-            epoch, newest = on_disk[-1]
-            lost = json.loads((newest / "history.json").read_text())[known:]  # not the 100s-of-MB state
-            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tune_study_replay_")))
-            for m in lost[:-1]:
-                tune.report({**m, "node_id": node, "replayed": True})
-            shutil.copytree(newest, tmp / "ckpt")
-            tune.report({**lost[-1], "node_id": node, "replayed": True},
-                        checkpoint=tune.Checkpoint.from_directory(tmp / "ckpt"))
-            resume = newest
-        elif resume is None and any(trial_dir.glob("checkpoint_*")):
-            print(f"WARNING: {trial_dir}: no complete checkpoint (torn by an interrupted write); "
-                  "this trial starts again from epoch 0", flush=True)
-        train(config, report=report, data=data, resume_from=resume, output_dir=trial_dir, memory_cap=memory_cap)

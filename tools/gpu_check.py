@@ -1,8 +1,11 @@
-"""One GPU session, one command: every measurement of the GPU-throughput work, within a time budget.
+"""Preparing an offline bundle for a GPU host without network, and running the GPU measurements there.
 
-    python -m tune_study.gpu_check --prepare .whl                 # here: wheels + tokenized data to carry
-    python -m tune_study.gpu_check --out /tmp/gpu_check --archive "$OUT"   # on the GPU host (DEVICE_COMMAND)
-    python -m tune_study.gpu_check --smoke --out /tmp/gpu_check   # the same stages on a CPU, tiny
+A script of the repository, not part of the installed package: it encodes one host setup (the
+output-folder variable, a wheel folder beside the repository, size limits on what travels).
+
+    python tools/gpu_check.py --prepare .whl                 # here: wheels + tokenized data to carry
+    python tools/gpu_check.py --out /tmp/gpu_check --archive "$OUT"   # on the GPU host (DEVICE_COMMAND)
+    python tools/gpu_check.py --smoke --out /tmp/gpu_check   # the same stages on a CPU, tiny
 
 GPU time comes in short sessions, so this runs every check in one go, most important first, each
 stage in its own process group with a deadline: a stage that fails or overruns costs itself only,
@@ -10,7 +13,7 @@ and whatever finished is written. Stages:
 
   env            versions, the card, which optional packages are missing
   dashboard      ray.init with the dashboard; on a host without ray[default] it must fall back
-  cuda_paths     the host-side mask path against the 2-D mask (bf16 logits), the micro-batch probe
+  cuda_paths     the host-side mask path against the 2-D mask (bf16 probabilities), the micro-batch probe
                  (whole card and a 10% memory cap) and the OOM-halving path
   bench          python -m tune_study.bench: ours vs HF Trainer at batch 16/256/1024, 4 packed trials
   grid_packed    the shortened seed grid (search_spaces/gpu_short.yaml) with GPU fractions
@@ -39,7 +42,10 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+SCRIPT = Path(__file__).resolve()
+REPO = SCRIPT.parent.parent
+if str(REPO) not in sys.path:  # run as a script from a checkout: the package beside it
+    sys.path.insert(0, str(REPO))
 TARGET_LARGE = 5000       # samples/s, bert-base-random, effective batch >= 256, one H100
 TARGET_PACKED = 1400      # samples/s summed over 4 batch-16 trials sharing one GPU
 TARGET_GRID_MIN = 12      # minutes for the full seed grid, projected
@@ -76,9 +82,9 @@ def plan(smoke: bool, out: Path, work: Path) -> list[tuple[str, list[str], int]]
     unpacked = _study_variant(REPO / "search_spaces" / "gpu_short.yaml", work / "gpu_short_unpacked.yaml", smoke, False)
     grid = ["-m", "tune_study.grid", "--results-dir", str(work / "grid"), "--no-report"]
     return [
-        ("env", _py("-m", "tune_study.gpu_check", "--stage", "env", "--out", str(out / "env")), 60),
-        ("dashboard", _py("-m", "tune_study.gpu_check", "--stage", "dashboard", "--out", str(out / "dashboard")), 90),
-        ("cuda_paths", _py("-m", "tune_study.gpu_check", "--stage", "cuda_paths", "--model", big,
+        ("env", _py(str(SCRIPT), "--stage", "env", "--out", str(out / "env")), 60),
+        ("dashboard", _py(str(SCRIPT), "--stage", "dashboard", "--out", str(out / "dashboard")), 90),
+        ("cuda_paths", _py(str(SCRIPT), "--stage", "cuda_paths", "--model", big,
                            "--out", str(out / "cuda_paths")), 90),
         ("bench", _py(*bench, "--models", big, "--batch-sizes", *sizes, "--concurrent", "4",
                       "--out", str(out / "bench")), 210),
@@ -157,7 +163,7 @@ def stage_dashboard(out: Path) -> None:
 
     import ray
 
-    from .grid import init_ray, print_dashboard
+    from tune_study.ray_setup import init_ray, print_dashboard
 
     buf = io.StringIO()
     with redirect_stdout(buf):
@@ -177,32 +183,35 @@ def stage_dashboard(out: Path) -> None:
 
 
 def mask_path_check(model_name: str, device) -> dict:
-    """bf16 logits of padded rows through the host-side mask path (no mask / 4-D mask) against the
+    """bf16 class probabilities of padded rows through training's host-side mask path (no mask / 4-D
+    mask; ``evaluate`` takes it when the split says which rows have no padding, ``full``) against the
     plain 2-D mask, on this device: the path train() takes on CUDA, checked where it runs."""
     import torch
 
-    from .bench import synthetic
-    from .models import load_model
-    from .training import autocast_for as _autocast, _batch, _on_device, _sdpa_bert
+    from tune_study.bench import synthetic
+    from tune_study.models import load_model
+    from tune_study.training import autocast_for, evaluate
 
     model = load_model(model_name).to(device).eval()
-    used = _sdpa_bert(model)
+    cfg = model.config  # the path applies to BERT / RoBERTa under SDPA
+    used = cfg.model_type in ("bert", "roberta") and getattr(cfg, "_attn_implementation", None) == "sdpa"
     data = synthetic(64, 128, seed=3)
     lengths = torch.randint(20, 129, (64,), generator=torch.Generator().manual_seed(3))
     lengths[:16] = 128  # a quarter without padding: the no-mask (flash) path
     data["attention_mask"] = (torch.arange(128)[None, :] < lengths[:, None]).to(torch.int8)
     data["input_ids"] = data["input_ids"] * data["attention_mask"]
-    split = _on_device(data, device)
     diffs = []
-    with torch.no_grad(), _autocast(device, "bf16"):
-        for rows in (torch.arange(0, 16), torch.arange(16, 64)):
-            a = model(**{k: v for k, v in _batch(split, rows.to(device), rows, True).items() if k != "labels"}).logits
-            b = model(**{k: v for k, v in _batch(split, rows.to(device), rows).items() if k != "labels"}).logits
-            diffs.append(float((a.float() - b.float()).abs().max()))
+    for rows in (slice(0, 16), slice(16, 64)):
+        split = {k: data[k][rows].to(device) for k in ("input_ids", "attention_mask", "labels")}
+        host = {**split, "full": data["attention_mask"][rows].bool().all(1)}  # rows without padding
+        a = evaluate(model, host, autocast=autocast_for(device, "bf16"))["probs"]
+        b = evaluate(model, split, autocast=autocast_for(device, "bf16"))["probs"]
+        diffs.append(float((a - b).abs().max()))
     del model
-    torch.cuda.empty_cache()
-    return {"mask_path_used": used, "mask_path_max_logit_diff_unpadded": diffs[0],
-            "mask_path_max_logit_diff_padded": diffs[1]}
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return {"mask_path_used": used, "mask_path_max_prob_diff_unpadded": diffs[0],
+            "mask_path_max_prob_diff_padded": diffs[1]}
 
 
 def stage_cuda_paths(out: Path, model: str) -> None:
@@ -212,10 +221,10 @@ def stage_cuda_paths(out: Path, model: str) -> None:
 
     import torch
 
-    from .bench import synthetic
-    from .memory import auto_micro_batch, cap_gpu_memory
-    from .config import resolve_config
-    from .training import train
+    from tune_study.bench import synthetic
+    from tune_study.memory import auto_micro_batch, cap_gpu_memory
+    from tune_study.config import resolve_config
+    from tune_study.training import train
 
     out.mkdir(parents=True, exist_ok=True)
     res = {}
@@ -341,7 +350,7 @@ def _fit_seconds(log: Path) -> float | None:
 
 
 def summarize(out: Path, work: Path, stages: list[dict], smoke: bool) -> dict:
-    from .bench import markdown
+    from tune_study.bench import markdown
 
     big = "tiny-bert" if smoke else "bert-base-random"
     env = json.loads((out / "env" / "env.json").read_text()) if (out / "env" / "env.json").exists() else {}
@@ -429,14 +438,14 @@ NOT_NEEDED_THERE = ("optuna", "alembic", "sqlalchemy", "mako", "colorlog")
 DEVICE_COMMAND = ("python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "
                   ".whl/*.whl && "
                   "export PYTHONPATH=/tmp/site:$PWD TUNE_STUDY_CACHE=$PWD/.whl/cache && "
-                  "python3 -m tune_study.gpu_check --out /tmp/gpu_check --archive $OUT --budget 520")
+                  "python3 tools/gpu_check.py --out /tmp/gpu_check --archive $OUT --budget 520")
 
 
 def prepare(dest: Path, wheels: Path) -> None:
     """Fill ``dest`` (an ignored folder that travels to the GPU host) with the wheels it lacks and
     the shortened grid's tokenized data: that host has neither the bundled reviews nor a tokenizer."""
-    from .data import load_tokenized
-    from .config import load_space
+    from tune_study.data import load_tokenized
+    from tune_study.config import load_space
 
     if not wheels.is_dir():
         raise SystemExit(f"error: no wheel folder at {wheels}")
@@ -463,13 +472,13 @@ def prepare(dest: Path, wheels: Path) -> None:
 def _salvage_grid(argv: list[str], work: Path) -> None:
     """A grid stopped at its deadline has written no exports: rebuild them from its Ray experiment.
     Then delete its checkpoints and best models (1.3 GB + 0.4 GB a bert-base trial), keeping the logs."""
-    from .config import load_space
+    from tune_study.config import load_space
 
     try:
         study = load_space(argv[argv.index("--space") + 1], kind="grid")
         study_dir = work / "grid" / study["name"]
         if not (study_dir / "trials.csv").exists() and (study_dir / "tune").is_dir():
-            from .results import export, load_result_grid
+            from tune_study.results import export, load_result_grid
 
             export(load_result_grid(study_dir / "tune"), study, study_dir)
             print(f"[gpu_check] exported the unfinished grid from {study_dir / 'tune'}", flush=True)
@@ -502,7 +511,7 @@ def _archive(out: Path, dest: str | None) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tune_study.gpu_check", description=__doc__,
+    p = argparse.ArgumentParser(prog="python tools/gpu_check.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=os.environ.get("OUT") or "results/gpu_check",
                    help="folder for the summary, logs and tables (default $OUT, else results/gpu_check)")

@@ -1,0 +1,383 @@
+"""The study runner: everything Ray. ``grid`` and ``search`` are its command lines.
+
+``run_study(study, options, param_space, ...)`` starts (or joins) Ray, tokenizes the data once on
+the driver, runs the Tune experiment (or restores it with ``--resume``), exports the tables
+(``results``) and builds the report. With ``repeat: {top: K, seeds: [...]}`` in the study file, the
+K best configs of that run (by best val accuracy, ties by lower best val loss; never by test) are
+then rerun over the seeds, without early stopping, as a second experiment in the same folder:
+
+  <storage>/tune     the grid or search (stage "grid" / "search")
+  <storage>/repeat   the seed repeats (stage "repeat"); the exports hold both, with a ``stage`` column
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import StudyError
+from .ray_setup import init_ray, keep_alive, print_dashboard, resources_for
+from .results import EXPERIMENT, REPEAT_EXPERIMENT, console_table, export, load_result_grid
+from .config import epochs_of, grid_size
+
+
+@dataclass
+class StudyOptions:
+    """How to run a study (the flags of ``study_parser``); ``StudyOptions(**vars(args))`` takes the rest."""
+    results_dir: str = "results"
+    resume: bool = False
+    address: str | None = None
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 8265
+    num_cpus: int | None = None
+    keep_alive: bool = False
+    no_report: bool = False
+
+
+def study_parser(prog: str, default_space: str, description: str) -> argparse.ArgumentParser:
+    """The flags every study command takes (the fields of StudyOptions, plus --space)."""
+    p = argparse.ArgumentParser(prog=prog, description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--space", default=default_space,
+                   help=f"study file (YAML) naming axes, fixed settings, early stopping and resources "
+                        f"(default: {default_space})")
+    p.add_argument("--results-dir", default="results",
+                   help="parent folder; the study writes into <results-dir>/<study name>/ (default: results)")
+    p.add_argument("--resume", action="store_true",
+                   help="finish an interrupted study (Tuner.restore): unfinished and errored trials go on "
+                        "from their last checkpoint, finished trials are not rerun")
+    p.add_argument("--address", default=None,
+                   help="join an existing Ray cluster (e.g. 'auto' or 'ray://host:10001') instead of starting "
+                        "a local one; its dashboard is used")
+    p.add_argument("--dashboard-host", default="127.0.0.1",
+                   help="interface the local Ray dashboard binds to (default 127.0.0.1; binding to every "
+                        "interface exposes it to the network and prints a warning)")
+    p.add_argument("--dashboard-port", type=int, default=8265, help="local dashboard port (default 8265)")
+    p.add_argument("--num-cpus", type=int, default=None,
+                   help="CPUs the local Ray instance may use (default: all)")
+    p.add_argument("--keep-alive", action="store_true",
+                   help="after the study, keep the driver (and the dashboard) up until Ctrl-C")
+    p.add_argument("--no-report", action="store_true", help="skip building report.md and the figures")
+    return p
+
+
+def options_from_args(args) -> StudyOptions:
+    return StudyOptions(**{k: getattr(args, k) for k in StudyOptions.__dataclass_fields__})
+
+
+# ----------------------------------------------------------------------------- folders
+
+def study_paths(results_dir: str, study: dict) -> tuple[Path, str]:
+    """(local study folder, Ray storage path: the study folder or the YAML's storage_path URI/dir)."""
+    study_dir = Path(results_dir).expanduser().resolve() / study["name"]
+    storage = study["storage_path"]
+    if storage is None:
+        storage = str(study_dir)
+    elif "://" not in storage:
+        storage = str(Path(storage).expanduser().resolve() / study["name"])
+    else:
+        storage = storage.rstrip("/") + "/" + study["name"]
+    return study_dir, storage
+
+
+def check_study_dir(study_dir: Path, resume: bool) -> None:
+    """Refuse to clobber a study, to resume a missing one, or to write where we can't. Writes nothing."""
+    if resume:
+        if not (study_dir / "space.yaml").exists():
+            raise StudyError(f"--resume: no study at {study_dir} (nothing to resume; run without --resume)")
+        return
+    if study_dir.exists() and (not study_dir.is_dir() or any(study_dir.iterdir())):
+        raise StudyError(f"study folder {study_dir} already exists: add --resume to finish it, "
+                         f"or pick another --results-dir or study name (nothing was overwritten)")
+    ancestor = study_dir.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise StudyError(f"--results-dir: cannot write to {study_dir.parent}: {ancestor} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as e:
+        raise StudyError(f"--results-dir: cannot write to {study_dir.parent}: {e.strerror or e}") from e
+
+
+def create_study_dir(study_dir: Path, space_path: str | Path) -> None:
+    try:
+        study_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(space_path, study_dir / "space.yaml")
+    except OSError as e:
+        raise StudyError(f"--results-dir: cannot write to {study_dir}: {e.strerror or e}") from e
+
+
+# ----------------------------------------------------------------------------- data
+
+def tokenize_for_study(study: dict, param_configs: list[dict]) -> dict:
+    """Tokenize once per (tokenizer, max_len) on the driver; trials get it via the object store."""
+    from .data import load_tokenized
+    from .models import tokenizer_id
+
+    out = {}
+    data = study["fixed"].get("data", {})
+    for cfg in param_configs:
+        key = f"{tokenizer_id(cfg['model'])}|{cfg['max_len']}"
+        if key not in out:
+            t0 = time.time()
+            out[key] = load_tokenized(data, cfg["model"], cfg["max_len"])
+            meta = out[key]["meta"]
+            print(f"data: {meta['source']} {meta['n_train']}/{meta['n_val']}/{meta['n_test']} "
+                  f"train/val/test, tokenizer {meta['tokenizer']}, max_len {meta['max_len']} "
+                  f"({time.time() - t0:.1f} s)")
+    return out
+
+
+def axis_values(spec) -> list | None:
+    """The values an axis can take: a list, or a choice's list; None for a continuous distribution."""
+    if isinstance(spec, dict):
+        return list(next(iter(spec.values()))) if "choice" in spec else None
+    return list(spec)
+
+
+def representative_configs(study: dict) -> list[dict]:
+    """(model, max_len) pairs any trial can have, for tokenizing up front."""
+    from .config import TRAIN_DEFAULTS
+
+    def values(key):
+        v = study["axes"].get(key)
+        return [study["fixed"].get(key, TRAIN_DEFAULTS[key])] if v is None else axis_values(v)
+
+    models, lens = values("model"), values("max_len")
+    if models is None or lens is None:
+        raise StudyError(f"{study['path']}: key 'axes.model': model and max_len must be lists or choices")
+    return [{"model": m, "max_len": L} for m in models for L in lens]
+
+
+# ----------------------------------------------------------------------------- the trainable
+
+def trainable(config: dict, datasets: dict | None = None, experiment_dir: str | None = None,
+              experiment_uri: str | None = None) -> None:
+    """One trial = one ``training.train`` call; reports and checkpoints once per epoch.
+
+    ``datasets`` (tokenized splits per tokenizer key) travel once through the object store.
+    ``experiment_dir`` is the experiment's folder on a local (or shared) filesystem: the trial's
+    checkpoints and best model live in ``experiment_dir/<trial name>``. With remote storage
+    (``experiment_uri``, e.g. s3:// or file://) the trial writes into Ray's local staging folder,
+    Ray syncs it up (SyncConfig(sync_artifacts=True)), and ``best_model_path`` names the copy there.
+    """
+    import ray
+    from ray import tune
+
+    from .checkpoints import checkpoint_epoch
+    from .memory import cap_gpu_memory
+    from .models import tokenizer_id
+    from .config import TRAIN_DEFAULTS
+    from .training import train
+
+    data = None
+    if datasets:
+        data = datasets.get(f"{tokenizer_id(config['model'])}|{config.get('max_len', TRAIN_DEFAULTS['max_len'])}")
+    runtime = ray.get_runtime_context()
+    node = runtime.get_node_id()  # which machine of a cluster ran this trial
+    # A fractional GPU (packed small-batch trials) also means a fractional share of its memory.
+    gpu_share = runtime.get_assigned_resources().get("GPU", 0.0)
+    memory_cap = cap_gpu_memory(gpu_share)
+    ctx = tune.get_context()
+    persisted = f"{experiment_uri}/{ctx.get_trial_name()}/best_model" if experiment_uri else None
+
+    def report(metrics, ckpt_dir):
+        extra = {"node_id": node, "gpu_share": gpu_share}
+        if persisted and metrics.get("best_model_path"):
+            extra["best_model_path"] = persisted  # not the staging folder, which goes with the node
+        tune.report({**metrics, **extra}, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
+
+    local = experiment_dir is not None and Path(experiment_dir).is_dir()
+    trial_dir = Path(experiment_dir) / ctx.get_trial_name() if local else Path(ctx.get_trial_dir())
+    checkpoint = tune.get_checkpoint()
+    with contextlib.ExitStack() as stack:
+        resume = Path(stack.enter_context(checkpoint.as_directory())) if checkpoint else None
+        known = checkpoint_epoch(resume) if resume else 0
+        # A driver killed between a trial's checkpoint and Tune's next experiment snapshot restarts
+        # that trial as if it had none (or an older one); a torn copy may also be what Tune hands us.
+        # The trial folder still holds every complete checkpoint: take the newest, and replay the
+        # epochs Tune lost (their real, stored metrics) so its history and ASHA's rungs stay whole.
+        on_disk = sorted(((e, d) for d in trial_dir.glob("checkpoint_*") if (e := checkpoint_epoch(d))),
+                         key=lambda x: x[0])
+        if on_disk and known is not None and on_disk[-1][0] > known:  # (None: Tune's is torn -> clear error)
+            epoch, newest = on_disk[-1]
+            lost = json.loads((newest / "history.json").read_text())[known:]  # not the 100s-of-MB state
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tune_study_replay_")))
+            for m in lost[:-1]:
+                tune.report({**m, "node_id": node, "replayed": True})
+            shutil.copytree(newest, tmp / "ckpt")
+            tune.report({**lost[-1], "node_id": node, "replayed": True},
+                        checkpoint=tune.Checkpoint.from_directory(tmp / "ckpt"))
+            resume = newest
+        elif resume is None and any(trial_dir.glob("checkpoint_*")):
+            print(f"WARNING: {trial_dir}: no complete checkpoint (torn by an interrupted write); "
+                  "this trial starts again from epoch 0", flush=True)
+        train(config, report=report, data=data, resume_from=resume, output_dir=trial_dir, memory_cap=memory_cap)
+
+
+def trial_name(trial) -> str:
+    c = trial.config
+    parts = [str(c.get("model", "m")).replace("/", "_"), f"b{c.get('batch_size')}", str(c.get("scheduler", ""))]
+    if "seed" in c:
+        parts.append(f"s{c['seed']}")
+    return "_".join(parts) + f"_{trial.trial_id}"
+
+
+# ----------------------------------------------------------------------------- the repeat stage
+
+def top_configs(result_grid, k: int) -> list[dict]:
+    """The k best trials' configs by best val accuracy, ties by lower best val loss (never test)."""
+    ranked = []
+    for r in result_grid:
+        m = r.metrics or {}
+        if r.error or m.get("best_val_acc") is None:
+            continue
+        loss = m.get("best_val_loss")
+        ranked.append((-float(m["best_val_acc"]), float("inf") if loss is None else float(loss), r.config))
+    ranked.sort(key=lambda x: x[:2])
+    return [cfg for *_, cfg in ranked[:k]]
+
+
+def repeat_points(result_grid, repeat: dict) -> list[dict]:
+    """One config per (top config, seed): the configs as they ran, with the seed replaced."""
+    return [{**cfg, "seed": s} for cfg in top_configs(result_grid, repeat["top"]) for s in repeat["seeds"]]
+
+
+# ----------------------------------------------------------------------------- running
+
+def _tuner(study, trainable_, exp_path, storage, name, param_space, *, search_alg, num_samples, conc,
+           scheduler, resume):
+    from ray import tune
+    from ray.tune import CheckpointConfig, FailureConfig, RunConfig
+
+    if resume and tune.Tuner.can_restore(exp_path):
+        print(f"resuming {exp_path}")
+        return tune.Tuner.restore(exp_path, trainable_, resume_unfinished=True, resume_errored=True)
+    if resume:
+        print(f"no Ray experiment at {exp_path} yet: starting it fresh")
+    reporter = tune.CLIReporter(
+        parameter_columns={k: k for k in ("model", "batch_size", "scheduler", "seed", "lr")
+                           if k in study["axes"] or name == REPEAT_EXPERIMENT},
+        metric_columns={"epoch": "epoch", "val_acc": "val_acc", "val_loss": "val_loss",
+                        "test_acc": "test_acc", "samples_per_s": "samples/s"},
+        max_report_frequency=30, sort_by_metric=False)
+    return tune.Tuner(
+        trainable_, param_space=param_space,
+        tune_config=tune.TuneConfig(metric="val_acc", mode="max", scheduler=scheduler, search_alg=search_alg,
+                                    num_samples=num_samples, max_concurrent_trials=conc,
+                                    trial_name_creator=trial_name, trial_dirname_creator=trial_name),
+        run_config=RunConfig(
+            name=name, storage_path=storage, progress_reporter=reporter, verbose=1,
+            checkpoint_config=CheckpointConfig(num_to_keep=study["checkpoints_to_keep"]),
+            failure_config=FailureConfig(max_failures=study["max_failures"]),
+            # the best model is an artifact of the trial folder: persisted to remote storage too
+            sync_config=tune.SyncConfig(sync_artifacts=True)))
+
+
+def _fit(tuner, exp_path):
+    result_grid = tuner.fit()
+    try:  # the saved experiment state knows which trials an interrupt (Ctrl-C) left unfinished
+        return load_result_grid(exp_path)
+    except Exception:
+        return result_grid
+
+
+def _unfinished(trials) -> int:
+    return int(trials["status"].isin(["RUNNING", "PENDING", "PAUSED"]).sum()) if len(trials) else 0
+
+
+def run_study(study: dict, options, param_space: dict, search_alg=None, num_samples: int = 1,
+              kind: str = "grid", datasets: dict | None = None) -> int:
+    """Ray up, the study's Tune run (fit or restore), its repeat stage if any, exports, report.
+    ``options``: a StudyOptions (or argparse namespace with its fields). Returns the exit code:
+    0, or 1 when a trial errored or the run was interrupted."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    import ray
+
+    study_dir, storage = study_paths(options.results_dir, study)
+    # Tune's classic CLIReporter (our columns); the newer console output ignores a passed reporter.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    owned = not ray.is_initialized()
+    ctx = init_ray(options.address, options.dashboard_host, options.dashboard_port, options.num_cpus)
+    try:
+        print_dashboard(ctx)
+        n_trials = grid_size(study) * num_samples if kind == "grid" else num_samples
+        per_trial, conc, threads = resources_for(study, n_trials)
+        if datasets is None:
+            datasets = tokenize_for_study(study, representative_configs(study))
+
+        def make_trainable(exp_path):
+            local_exp = None if "://" in exp_path else exp_path
+            if local_exp:
+                Path(local_exp).mkdir(parents=True, exist_ok=True)
+            return tune.with_resources(tune.with_parameters(
+                trainable, datasets=datasets, experiment_dir=local_exp,
+                experiment_uri=None if local_exp else exp_path), per_trial)
+
+        exp_path, rep_path = f"{storage}/{EXPERIMENT}", f"{storage}/{REPEAT_EXPERIMENT}"
+        repeat = study.get("repeat")
+        t0 = time.time()
+        if options.resume and repeat and tune.Tuner.can_restore(rep_path):
+            result_grid = load_result_grid(exp_path)  # the first stage finished before the repeats began
+        else:
+            epochs = epochs_of(study)
+            es = study["early_stopping"]
+            scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=epochs,
+                                       grace_period=min(es["grace_period"], epochs),
+                                       reduction_factor=es["reduction_factor"]) if es else None)
+            space = {**param_space}
+            if "threads" not in space and not study["fixed"].get("threads"):
+                space["threads"] = threads
+            tuner = _tuner(study, make_trainable(exp_path), exp_path, storage, EXPERIMENT, space,
+                           search_alg=search_alg, num_samples=num_samples, conc=conc, scheduler=scheduler,
+                           resume=options.resume)
+            result_grid = _fit(tuner, exp_path)
+        grids = [(kind, result_grid)]
+        trials, _ = export(grids, study, study_dir)
+        if repeat and not _unfinished(trials):
+            restoring = options.resume and tune.Tuner.can_restore(rep_path)
+            points = [] if restoring else repeat_points(result_grid, repeat)
+            if restoring or points:
+                print(f"repeat: the top {repeat['top']} configs x seeds {repeat['seeds']}, no early stopping")
+                # the points name every key, so the space must too (each point's values replace its)
+                tuner = _tuner(study, make_trainable(rep_path), rep_path, storage, REPEAT_EXPERIMENT,
+                               dict(points[0]) if points else {},
+                               search_alg=BasicVariantGenerator(points_to_evaluate=points),
+                               num_samples=len(points), conc=conc, scheduler=None, resume=options.resume)
+                grids.append(("repeat", _fit(tuner, rep_path)))
+                trials, _ = export(grids, study, study_dir)
+        wall = time.time() - t0
+        print(f"\n{kind} '{study['name']}': {len(trials)} trials in {wall:.0f} s; exports in {study_dir}")
+        print(console_table(trials, list(study["axes"])))
+        if not options.no_report:
+            try:
+                from .report import build_report
+
+                build_report(study_dir)
+                print(f"report: {study_dir / 'report.md'}")
+            except Exception as e:  # the exports are written; a report problem must not sink the study
+                print(f"WARNING: the report failed ({type(e).__name__}: {e}); the exports are complete. "
+                      f"Retry with: python -m tune_study.report {study_dir}")
+        n_err = int((trials["status"] == "ERROR").sum()) if len(trials) else 0
+        unfinished = _unfinished(trials)
+        if unfinished:
+            print(f"study interrupted: {unfinished} trial(s) unfinished; finish them with --resume")
+        sys.stdout.flush()
+        if options.keep_alive:
+            keep_alive(ctx)
+        return 1 if n_err or unfinished else 0
+    finally:
+        if owned:
+            ray.shutdown()

@@ -89,7 +89,7 @@ def _noise(an: Analysis) -> list[str]:
                 + ("not formed (more than 16 configs)." if n > 1 else "not formed (one config).")]
     c = an.all_pairs
     k = {v: sum(x.verdict == v for x in c) for v in (BEYOND, WITHIN, UNDETERMINED)}
-    s = (f"- **Noise**: of {len(c)} pairs of configs, {k[BEYOND]} differ{"s" if k[BEYOND] == 1 else ""} in test accuracy beyond noise, "
+    s = (f"- **Noise**: of {len(c)} pairs of configs, {k[BEYOND]} differ{'s' if k[BEYOND] == 1 else ''} in test accuracy beyond noise, "
          f"{k[WITHIN]} are within noise and {k[UNDETERMINED]} are undetermined (Holm over all {len(c)} pairs; "
          + ("paired tests" if an.paired else "unpaired Newcombe at the Bonferroni level") + ").")
     if an.n_test and not an.paired:

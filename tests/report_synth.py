@@ -79,7 +79,7 @@ def write_study(root: Path, name: str, trials: list[dict], history: list[dict] |
              "fixed": {"lr": 5e-5, "epochs": 3, "max_len": 128}}
     if kind == "search":
         space["num_samples"] = len(t)
-    (d / "space.yaml").write_text(yaml.safe_dump(space))
+    (d / "space.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
     t.to_parquet(d / "trials.parquet", index=False)
     h.to_parquet(d / "history.parquet", index=False)
     if predictions:

@@ -125,6 +125,8 @@ def test_search_study(tmp_path):
     assert "Not assessed for a search study" in line(text, "**(c)")
     assert "**minilm · constant · b32 · lr=2e-05**" in line(text, "**Best config**")
     assert (d / "fig_expected_max.png").exists() and "minilm (4 trials)" in line(text, "Tuning budget")
+    assert (d / "fig_search_history.png").exists()
+    assert "| minilm | minilm · constant · b32 · lr=2e-05 | 0.790 |" in text  # best per model, by val
 
 
 def test_interrupted_and_empty_study(tmp_path):

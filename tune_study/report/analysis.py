@@ -246,10 +246,13 @@ def batch_orderings(cfgs: pd.DataFrame, predictions, n_test) -> list[Ordering]:
         if p["batch_size"].nunique() < 2 or p["batch_size"].duplicated().any():
             continue
         rows = p.sort_values(["test_acc", "best_val_acc"], ascending=False).to_dict("records")
-        pairs = [(i, i + 1) for i in range(len(rows) - 1)] + [(0, len(rows) - 1)]
+        pairs = [(i, i + 1) for i in range(len(rows) - 1)]
+        if len(rows) > 2:  # with two batch sizes the one adjacent pair is also best vs worst
+            pairs.append((0, len(rows) - 1))
         comps = compare_family(rows, pairs, predictions, n_test)
-        out.append(Ordering(model, sched, rows, comps[:-1], comps[-1],
-                            f"{model} · {sched}: {len(pairs)} comparisons (adjacent batch sizes and best vs worst)"))
+        what = "adjacent batch sizes and best vs worst" if len(rows) > 2 else "one adjacent pair"
+        out.append(Ordering(model, sched, rows, comps[:len(rows) - 1], comps[-1],
+                            f"{model} · {sched}: {len(pairs)} comparison{'s' if len(pairs) > 1 else ''} ({what})"))
     return out
 
 

@@ -60,7 +60,9 @@ def collapse(an) -> list[str]:
 def loss_vs_acc(an) -> list[str]:
     b = an.loss_acc
     head = "- **(b) Why did test loss rise while accuracy rose?** "
-    if not b.paired:
+    if not b.candidates:
+        s = "No config pair has both the higher test accuracy and the higher test loss: the seed's pattern does not occur here."
+    elif not b.paired:
         s = (f"{b.candidates} config pair(s) have higher test accuracy together with higher test loss by point "
              "estimate; without stored per-example predictions the loss difference cannot be tested, so this study "
              "cannot say whether any such pair is beyond noise.")
@@ -124,7 +126,9 @@ def steps(an) -> list[str]:
             + (f" → {ATTR_TEXT[p.attribution]}." if p.attribution else " → no attribution.") for p in an.steps]
     done = [p for p in an.steps if p.attribution]
     not_steps = sum(p.steps.verdict == NOT_COMPARABLE for p in an.steps)
-    s = head + f"Of {len(an.steps)} adjacent-batch comparisons, "
+    s = head + (f"Val accuracy of adjacent batch sizes at matched points (noise: Newcombe's unpaired interval on "
+                f"n_val = {an.n_val or 'unknown'}, since val predictions are not stored). "
+                f"Of {len(an.steps)} adjacent-batch comparisons, ")
     if not done:
         s += ("none has both matched points measured" + (f" ({not_steps} have no overlap in optimizer steps)" if not_steps
                                                           else "") + ", so this study cannot answer (c): evaluate val "

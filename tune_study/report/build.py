@@ -131,6 +131,10 @@ def write_outputs(an: Analysis, figures: bool = True) -> dict:
         p = F.fig_test_vs_batch(an.main, d / "fig_test_vs_batch.png", ci)
         if p:
             out["test"] = p.name
+    if an.study.kind == "search":
+        p = F.fig_search_history(an.main, d / "fig_search_history.png")
+        if p:
+            out["search"] = p.name
     p = F.fig_reliability(an.main, d / "fig_reliability.png", colors)
     if p:
         out["reliability"] = p.name

@@ -92,6 +92,8 @@ def fig_curves(history, trials, xkey, xlabel, path: Path, colors, majority, logx
                 Line2D([], [], color="grey", marker="o", lw=0, ms=4, label="epoch end"),
                 Line2D([], [], color="grey", marker="s", mfc="white", ms=7, lw=0, label="stopped early")]
     fig.legend(handles=handles, title="batch size", loc="outside right upper", fontsize=9, title_fontsize=9)
+    fig.align_ylabels()
+    fig.draw_without_rendering()  # a first layout pass, so shared-axis tick labels settle before the real one
     fig.savefig(path, dpi=DPI)
     return path
 
@@ -208,5 +210,30 @@ def fig_expected_max(curves, path: Path):
     ax.set_ylabel("expected best val accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def fig_search_history(trials, path: Path):
+    """Search studies: best val accuracy by trial order with the running best (val only selects);
+    crosses: the test accuracy of each trial's best-val weights."""
+    import matplotlib
+
+    t = trials[trials["best_val_acc"].notna()].sort_values("trial_id").reset_index(drop=True)
+    if not len(t):
+        return None
+    fig = _figure(12, 4)
+    ax = fig.subplots()
+    order = np.arange(1, len(t) + 1)
+    cmap = matplotlib.colormaps["tab10"]
+    for k, m in enumerate(sorted(t["model"].astype(str).unique())):
+        sel = (t["model"].astype(str) == m).to_numpy()
+        ax.scatter(order[sel], t.loc[sel, "best_val_acc"], color=cmap(k), s=36, label=f"{m}: best val acc")
+        ax.scatter(order[sel], t.loc[sel, "test_acc"], color=cmap(k), s=36, marker="x", label=f"{m}: test acc")
+    ax.step(order, t["best_val_acc"].cummax(), where="post", color="black", lw=1.5, label="running best val acc")
+    ax.set_xlabel("trial (in order of creation)")
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside right upper", fontsize=9)
     fig.savefig(path, dpi=DPI)
     return path

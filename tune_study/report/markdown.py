@@ -23,7 +23,7 @@ def render(an: Analysis) -> str:
     L += _best(an) + _orderings(an) + _noise(an) + _seeds(an) + _budget(an) + answers.asha(an)
     L += ["", "### The seed's three questions", ""]
     L += answers.collapse(an) + answers.loss_vs_acc(an) + answers.steps(an)
-    L += _figures_and_tables(an) + _rules(an)
+    L += _figures_and_tables(an) + _search(an) + _rules(an)
     return "\n".join(L) + "\n"
 
 
@@ -78,7 +78,7 @@ def _orderings(an: Analysis) -> list[str]:
         L.append(f"- **Batch-size ordering** by test accuracy, {o.model} · {o.scheduler}: batch " + " ".join(parts)
                  + f" (> beyond noise, ≈ within noise, ? undetermined; Holm over the family {o.family}). "
                  + f"Best vs worst batch: {o.span.verdict}.")
-        L += [f"  - {comparison(c)}" for c in [*o.adjacent, o.span]]
+        L += [f"  - {comparison(c)}" for c in o.adjacent + ([o.span] if len(o.rows) > 2 else [])]
     return L
 
 
@@ -165,6 +165,26 @@ def _figures_and_tables(an: Analysis) -> list[str]:
                      ("budget", "expected best val accuracy vs trials")):
         if k in figs:
             L += [f"![{title}]({figs[k]})", ""]
+    return L
+
+
+def _search(an: Analysis) -> list[str]:
+    """Search studies: the best config per model, selected by val accuracy (val loss breaking ties)."""
+    if an.study.kind != "search":
+        return []
+    from .analysis import select_best
+
+    rows = []
+    for model, g in an.cfgs.groupby("model", sort=True):
+        b = select_best(g)
+        if b is not None:
+            rows.append({"model": model, "config": b.cfg, "best val acc": f3(b.row["best_val_acc"]),
+                         "val loss": f3(b.row["best_val_loss"]), "test acc": f3(b.row["test_acc"]),
+                         "test loss": f3(b.row["test_loss"])})
+    L = ["## Search", "", "Best config per model (by val accuracy; test is shown, never used to select):", "",
+         md_table(rows), ""]
+    if "search" in an.figures:
+        L += [f"![search history]({an.figures['search']})", ""]
     return L
 
 

@@ -169,6 +169,7 @@ def calibration_by_scheduler(trials: pd.DataFrame, predictions: pd.DataFrame | N
             pr = p["prob_pos"].to_numpy(float)
             top, right = np.maximum(pr, 1 - pr), ((pr >= 0.5).astype(int) == p["label"].to_numpy().astype(int))
             gap = M.paired_bootstrap(top, right.astype(float), N_BOOT)
+            acc, conf = float(right.mean()), float(top.mean())  # the same examples as the interval
             method = "paired bootstrap over test examples"
         elif n_test and ok(conf):
             lo, hi = M.wilson_interval(acc * n_test * len(full), n_test * len(full))

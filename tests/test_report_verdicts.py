@@ -253,3 +253,16 @@ def test_asha_note_states_the_data(tmp_path):
     assert "1 of 2 trials were stopped early: minilm · constant · b512 after epoch 1 (3 optimizer steps" in s
     assert "not for their batch size" not in text and "pruned first" not in text
     assert "Early stopping" not in report(tmp_path, "noasha", [trial("a"), trial("b", batch_size=32)])
+
+
+def test_steps_per_step_ahead_and_level(tmp_path):
+    # b32 follows b8's curve per sample (4x fewer steps for the same samples): level at samples, ahead at steps
+    text = _steps_study(tmp_path, "per_step", learn, lambda s: learn(4 * s), evals=4)
+    assert "→ level at matched samples and ahead at matched optimizer steps." in line(text, "batch 8 vs 32")
+    # b32 0.15 above that: ahead already at matched samples
+    text = _steps_study(tmp_path, "ahead", lambda s: learn(s) - 0.15, lambda s: learn(4 * s), evals=4)
+    assert "→ ahead at matched samples." in line(text, "batch 8 vs 32")
+    # both flat at 0.8: nothing beyond noise at either point
+    text = _steps_study(tmp_path, "level", lambda s: 0.8, lambda s: 0.8, evals=4)
+    assert "→ within noise at both matched points." in line(text, "batch 8 vs 32")
+    assert "1 within noise at both matched points" in line(text, "**(c)")

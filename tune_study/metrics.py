@@ -3,8 +3,12 @@ tests (McNemar, bootstrap), Holm adjustment, expected best score vs budget. Sour
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 
 def calibration(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict:

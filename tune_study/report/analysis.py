@@ -147,7 +147,7 @@ def paired_arrays(predictions: pd.DataFrame, ids_a: list, ids_b: list) -> dict |
     if predictions is None:
         return None
     by = {k: g for k, g in predictions.groupby("trial_id")}
-    ca, cb, la, lb, conf_a, conf_b = [], [], [], [], [], []
+    ca, cb, la, lb = [], [], [], []
     for ta, tb in zip(ids_a, ids_b):
         if ta not in by or tb not in by:
             return None

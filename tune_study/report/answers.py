@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from . import questions as Q
-from .analysis import BEYOND, NOT_COMPARABLE, WITHIN
+from .analysis import NOT_COMPARABLE
 from .text import calib_word, f3, rate, sgn
 
 ATTR_TEXT = {
@@ -147,5 +147,3 @@ def steps(an) -> list[str]:
         s += " The pairs disagree: neither explanation holds for all of them."
     return [s] + rows
 
-
-__all__ = ["asha", "collapse", "loss_vs_acc", "steps", "BEYOND", "WITHIN"]

@@ -8,7 +8,7 @@ from .. import metrics as M
 from . import answers
 from .analysis import BEYOND, UNDETERMINED, WITHIN
 from .build import Analysis, test_table
-from .text import calib_word, comparison, f3, interval, md_table, rate, sgn, symbol
+from .text import comparison, f3, interval, md_table, rate, symbol
 
 
 def render(an: Analysis) -> str:
@@ -116,7 +116,7 @@ def _seeds(an: Analysis) -> list[str]:
         steps = "; ".join(comparison(c) for c in sv.adjacent)
         n_res = sum(c.verdict == BEYOND for c in sv.adjacent)
         if sv.survives:
-            verdict = (f"the order survives the seeds" + (f", and {n_res} of its {len(sv.adjacent)} steps are beyond "
+            verdict = ("the order survives the seeds" + (f", and {n_res} of its {len(sv.adjacent)} steps are beyond "
                        f"noise" if n_res else f", but none of its {len(sv.adjacent)} steps is beyond noise, so the "
                        f"seeds do not separate these configs"))
         else:
@@ -210,5 +210,3 @@ def _rules(an: Analysis) -> list[str]:
             "- **Calibration by scheduler**: only trials that ran all their planned epochs; confidence − accuracy with "
             "a paired bootstrap CI over test examples (Wilson interval of the accuracy without predictions).", ""]
 
-
-__all__ = ["render", "calib_word", "sgn"]

@@ -15,7 +15,7 @@ import pandas as pd
 from .. import metrics as M
 from .analysis import BEYOND, N_BOOT, NOT_COMPARABLE, UNDETERMINED, WITHIN, ok
 
-MIN_PAIR_SCAN = 400  # (b) scans at most this many candidate pairs with the bootstrap
+MAX_PAIR_SCAN = 400  # (b) bootstraps at most this many candidate pairs (2 x 2,000 resamples each)
 
 
 # ----------------------------------------------------------------------------- (a) collapse
@@ -127,7 +127,7 @@ def q_loss_vs_acc(cfg_trials: pd.DataFrame, predictions: pd.DataFrame | None) ->
 
     conf = confidence_when_wrong(predictions, cfg_trials)
     yes, no = [], []
-    for a, b in cands[:MIN_PAIR_SCAN]:
+    for a, b in cands[:MAX_PAIR_SCAN]:
         arr = paired_arrays(predictions, [a["trial_id"]], [b["trial_id"]])
         if arr is None:
             continue

@@ -1,9 +1,7 @@
 """Sentences from analysis results: every verdict word printed comes from a result object."""
 from __future__ import annotations
 
-import math
-
-from .analysis import BEYOND, NOT_COMPARABLE, SYMBOL, UNDETERMINED, WITHIN, Comparison, ok
+from .analysis import BEYOND, SYMBOL, UNDETERMINED, WITHIN, Comparison, ok
 
 
 def f3(x, nd=3) -> str:
@@ -71,6 +69,3 @@ def calib_word(verdict: str, gap: float) -> str:
         return "confidence within noise of accuracy"
     return UNDETERMINED
 
-
-__all__ = ["f3", "sgn", "pval", "how", "comparison", "symbol", "interval", "rate", "md_table", "calib_word",
-           "BEYOND", "WITHIN", "UNDETERMINED", "NOT_COMPARABLE", "math"]

@@ -21,6 +21,7 @@ BEYOND, WITHIN, UNDETERMINED, NOT_COMPARABLE = "beyond noise", "within noise", "
 VERDICTS = (BEYOND, WITHIN, UNDETERMINED, NOT_COMPARABLE)
 ALPHA = 0.05
 N_BOOT = 2000
+PENDING = "pending"  # a test result not yet judged within its family; never rendered (adjust replaces it)
 SYMBOL = {BEYOND: ">", WITHIN: "≈", UNDETERMINED: "?", NOT_COMPARABLE: "?"}
 
 
@@ -128,7 +129,7 @@ class Comparison:
     acc_a: float
     acc_b: float
     method: str                   # "paired" | "unpaired" | "seeds" | ""
-    verdict: str = UNDETERMINED
+    verdict: str                  # set explicitly: PENDING until ``adjust`` judges it within its family
     diff: float = math.nan        # acc_a - acc_b
     lo: float = math.nan
     hi: float = math.nan
@@ -166,7 +167,7 @@ def _paired(a: dict, b: dict, arr: dict, note: str = "") -> Comparison:
     bb, cc, p = M.mcnemar_exact(arr["correct_a"], arr["correct_b"])
     d, lo, hi = M.paired_bootstrap(arr["correct_a"], arr["correct_b"], N_BOOT)
     nd, nlo, nhi = M.paired_bootstrap(arr["nll_a"], arr["nll_b"], N_BOOT)
-    c = Comparison(a["cfg"], b["cfg"], a["test_acc"], b["test_acc"], "paired", diff=d, lo=lo, hi=hi, p=p,
+    c = Comparison(a["cfg"], b["cfg"], a["test_acc"], b["test_acc"], "paired", PENDING, diff=d, lo=lo, hi=hi, p=p,
                    n_discordant=(bb, cc), nll_diff=nd, nll_lo=nlo, nll_hi=nhi, note=note)
     if bb + cc == 0:
         c.verdict, c.note = WITHIN, ("; ".join(x for x in (note, "identical answers on every test example") if x))
@@ -183,7 +184,7 @@ def compare(a: dict, b: dict, predictions: pd.DataFrame | None, n_test: int | No
     if len(va) >= 2 and len(vb) >= 2:
         p = M.welch_t_test(va, vb)
         if p == p:
-            return Comparison(a["cfg"], b["cfg"], a["test_acc"], b["test_acc"], "seeds",
+            return Comparison(a["cfg"], b["cfg"], a["test_acc"], b["test_acc"], "seeds", PENDING,
                               diff=a["test_acc"] - b["test_acc"], p=p)
         k = min(len(a["trial_ids"]), len(b["trial_ids"]))
         arr = paired_arrays(predictions, a["trial_ids"][:k], b["trial_ids"][:k])
@@ -197,7 +198,7 @@ def compare(a: dict, b: dict, predictions: pd.DataFrame | None, n_test: int | No
         return _paired(a, b, arr)
     if n_test and len(va) == 1 and len(vb) == 1:
         d, lo, hi = M.diff_interval(va[0] * n_test, n_test, vb[0] * n_test, n_test)
-        return Comparison(a["cfg"], b["cfg"], va[0], vb[0], "unpaired", diff=d, lo=lo, hi=hi)
+        return Comparison(a["cfg"], b["cfg"], va[0], vb[0], "unpaired", PENDING, diff=d, lo=lo, hi=hi)
     why = "n_test unknown" if not n_test else "one side has one run, the other several"
     return Comparison(a["cfg"], b["cfg"], a["test_acc"], b["test_acc"], "", UNDETERMINED,
                       diff=a["test_acc"] - b["test_acc"], note=why)
@@ -207,7 +208,7 @@ def adjust(comps: list[Comparison], n: int | None = None, alpha: float = ALPHA) 
     """Holm-adjust the p-values of one family and set each verdict. Comparisons without a p-value
     (Newcombe's unpaired interval on ``n`` examples) are judged at the Bonferroni-widened level
     1 - alpha/m instead (m = the family's size)."""
-    todo = [c for c in comps if c.verdict == UNDETERMINED and c.method in ("paired", "seeds", "unpaired")]
+    todo = [c for c in comps if c.verdict == PENDING]
     m = len(todo)
     for c, pa in zip(todo, M.holm([c.p for c in todo], alpha)):
         if c.method == "unpaired":
@@ -217,6 +218,9 @@ def adjust(comps: list[Comparison], n: int | None = None, alpha: float = ALPHA) 
         elif pa == pa:
             c.p_adj = pa
             c.verdict = BEYOND if pa < alpha else WITHIN
+        else:
+            c.verdict = UNDETERMINED
+    assert all(c.verdict in VERDICTS for c in comps)
     return comps
 
 
@@ -313,14 +317,15 @@ def order_survival(trials: pd.DataFrame, n_val: int | None) -> OrderSurvival | N
     comps = []
     for a, b in zip(repeat_order, repeat_order[1:]):
         va, vb = vals[a], vals[b]
-        c = Comparison(a, b, float(np.mean(va)), float(np.mean(vb)), "seeds", diff=float(np.mean(va) - np.mean(vb)))
+        c = Comparison(a, b, float(np.mean(va)), float(np.mean(vb)), "seeds", PENDING,
+                       diff=float(np.mean(va) - np.mean(vb)))
         c.p = M.welch_t_test(va, vb)
         if c.p != c.p and len(va) >= 2 and len(vb) >= 2 and n_val:
             # no spread across seeds: val predictions are not stored, so the fallback is Newcombe on n_val
             c.method, c.note = "unpaired", "no spread across seeds (Welch undefined): unpaired Newcombe on n_val"
             c.diff, c.lo, c.hi = M.diff_interval(c.acc_a * n_val, n_val, c.acc_b * n_val, n_val)
         elif c.p != c.p:
-            c.method, c.note = "", "fewer than 2 runs or n_val unknown"
+            c.method, c.verdict, c.note = "", UNDETERMINED, "fewer than 2 runs or n_val unknown"
         comps.append(c)
     adjust(comps, n_val)
     return OrderSurvival(main_order, repeat_order, comps, main_order == repeat_order)

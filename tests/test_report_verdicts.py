@@ -153,6 +153,9 @@ def test_order_survival_flips(tmp_path):
     assert "the order survives the seeds, and 1 of its 1 steps are beyond noise" in kept
     swapped = study("swapped", [0.80, 0.85, 0.82], [0.86, 0.84, 0.88])
     assert "the order changes over the seeds" in swapped
+    # no spread across seeds in either config: Welch is undefined (not p = 0); Newcombe on n_val instead
+    const = study("const", [0.90, 0.90], [0.80, 0.80])
+    assert "no spread across seeds (Welch undefined): unpaired Newcombe on n_val" in const and "p = 0" not in const
 
 
 # ----------------------------------------------------------------------------- (a) collapse

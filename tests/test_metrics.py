@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -89,3 +90,69 @@ def test_t_interval_degenerate():
     assert n == 0 and math.isnan(mean) and math.isnan(half)
     assert t_interval([float("nan")])[2] == 0
     assert t_interval([2.0, 2.0, 2.0]) == (2.0, 0.0, 3)
+
+
+# ----------------------------------------------------------------------------- paired tests, Holm, budget
+
+from tune_study.metrics import (expected_max, holm, mcnemar_exact, nll_per_example, paired_bootstrap,  # noqa: E402
+                                welch_t_test)
+
+
+def test_mcnemar_exact_hand_computed():
+    # A right / B wrong on 3 examples, the reverse on 1, 6 concordant: b=3, c=1
+    a = [1, 1, 1, 0, 1, 1, 0, 0, 1, 1]
+    b = [0, 0, 0, 1, 1, 1, 0, 0, 1, 1]
+    bb, cc, p = mcnemar_exact(a, b)
+    # two-sided exact binomial, n=4, k=3: P(X>=3)+P(X<=1) = (4+1+1+4)/16 = 0.625
+    assert (bb, cc) == (3, 1) and p == pytest.approx(0.625)
+    # 10 vs 0: 2 * 0.5**10
+    bb, cc, p = mcnemar_exact([1] * 10 + [1] * 5, [0] * 10 + [1] * 5)
+    assert (bb, cc) == (10, 0) and p == pytest.approx(2 / 1024)
+
+
+def test_mcnemar_identical_answers_is_not_p_zero():
+    bb, cc, p = mcnemar_exact([1, 0, 1], [1, 0, 1])
+    assert (bb, cc) == (0, 0) and math.isnan(p)
+
+
+def test_paired_bootstrap_constant_difference_and_repeatable():
+    # every example differs by exactly 1: every resample's mean difference is 1
+    d, lo, hi = paired_bootstrap([2.0] * 20, [1.0] * 20)
+    assert (d, lo, hi) == (1.0, 1.0, 1.0)
+    x = np.r_[np.ones(60), np.zeros(40)]
+    y = np.r_[np.ones(50), np.zeros(50)]
+    r1, r2 = paired_bootstrap(x, y, seed=3), paired_bootstrap(x, y, seed=3)
+    assert r1 == r2 and r1[0] == pytest.approx(0.10)
+    # 10 of 100 examples differ (+1 each): the interval of the mean is ~ 0.1 +- 1.96*sqrt(.1*.9/100)
+    assert r1[1] == pytest.approx(0.04, abs=0.015) and r1[2] == pytest.approx(0.16, abs=0.015)
+    assert all(math.isnan(v) for v in paired_bootstrap([1.0], [1.0, 2.0]))
+
+
+def test_holm_hand_computed():
+    # sorted p: .01 (x3 -> .03), .02 (x2 -> .04), .04 (x1 -> .04); input order kept
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    # monotone: .03*2 = .06 would be below the earlier .09, so it is raised to .09
+    assert holm([0.03, 0.03, 0.4]) == pytest.approx([0.09, 0.09, 0.4])
+    out = holm([float("nan"), 0.02])
+    assert math.isnan(out[0]) and out[1] == pytest.approx(0.02)  # nan is not counted in m
+
+
+def test_expected_max_hand_computed():
+    # v = [0.6, 0.8]: n=1 -> mean 0.7; n=2 -> 0.6*(1/4) + 0.8*(1 - 1/4) = 0.75
+    assert expected_max([0.8, 0.6]) == pytest.approx([0.7, 0.75])
+    # three values, n=2: .5*(1/9) + .7*(4/9-1/9) + .9*(1-4/9) = (.5 + 2.1 + 4.5)/9
+    assert expected_max([0.5, 0.7, 0.9])[1] == pytest.approx(7.1 / 9)
+    assert expected_max([]) == []
+
+
+def test_welch_undefined_for_constant_groups():
+    # defect: both groups constant but different used to give p = 0
+    assert math.isnan(welch_t_test([0.8, 0.8], [0.7, 0.7]))
+    assert math.isnan(welch_t_test([0.8, 0.8], [0.8, 0.8]))
+    assert welch_t_test([1, 2, 3], [2, 3, 4]) == pytest.approx(0.2879, abs=1e-4)
+
+
+def test_nll_per_example_clipped():
+    out = nll_per_example([0.9, 0.9, 1.0], [1, 0, 0])
+    assert out[0] == pytest.approx(-math.log(0.9)) and out[1] == pytest.approx(-math.log(0.1))
+    assert math.isfinite(out[2]) and out[2] == pytest.approx(-math.log(1e-7))

@@ -1,9 +1,14 @@
-"""Small statistics shared by the training loop and the report: calibration (ECE), intervals."""
+"""Small statistics shared by the training loop and the report: calibration (ECE), intervals, paired
+tests (McNemar, bootstrap), Holm adjustment, expected best score vs budget. Sources cited per function."""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 
 def calibration(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict:
@@ -13,6 +18,8 @@ def calibration(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> 
     (Guo et al. 2017). A bin holds confidences in (lo, hi]; the first bin also takes exactly 0.
     Returns ece, mean_confidence, accuracy and ``bins``: [(lo, hi, count, mean conf, acc), ...].
     """
+    import torch  # here, so that the report can import this module without torch's start-up cost
+
     probs = probs.double()
     conf, pred = probs.max(dim=1)
     correct = (pred == labels).double()
@@ -67,8 +74,11 @@ def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple
 
 
 def welch_t_test(a, b) -> float:
-    """Two-sided p-value of Welch's unequal-variance t-test; nan when either side has < 2 values
-    or both are constant and equal."""
+    """Two-sided p-value of Welch's unequal-variance t-test (Welch 1947).
+
+    nan when either side has < 2 values, and nan when both sides have zero variance: the statistic
+    is 0/0 there, so the test is undefined (not p = 0, not p = 1); the caller says "no spread across
+    seeds" and falls back to a paired test."""
     from scipy import stats
 
     xs = [float(v) for v in a if v == v]
@@ -76,8 +86,77 @@ def welch_t_test(a, b) -> float:
     if len(xs) < 2 or len(ys) < 2:
         return math.nan
     if max(xs) == min(xs) and max(ys) == min(ys):
-        return 1.0 if xs[0] == ys[0] else 0.0
+        return math.nan
     return float(stats.ttest_ind(xs, ys, equal_var=False).pvalue)
+
+
+# ----------------------------------------------------------------------------- paired statistics
+
+def mcnemar_exact(correct_a, correct_b) -> tuple[int, int, float]:
+    """Exact McNemar test of "A and B are equally accurate" on one shared test set -> (b, c, p).
+
+    b = #(A right, B wrong), c = #(A wrong, B right); under the null b ~ Binomial(b + c, 1/2)
+    (McNemar 1947, Psychometrika 12:153; Dietterich 1998, Neural Computation 10:1895). p is nan when
+    b + c = 0: the two made identical right/wrong answers, which is no evidence either way.
+    """
+    from scipy import stats
+
+    a = np.asarray(correct_a, dtype=bool)
+    bb = np.asarray(correct_b, dtype=bool)
+    b, c = int((a & ~bb).sum()), int((~a & bb).sum())
+    if b + c == 0:
+        return b, c, math.nan
+    return b, c, float(stats.binomtest(b, b + c, 0.5).pvalue)
+
+
+def paired_bootstrap(x, y, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Difference of means mean(x) - mean(y) of per-example paired values, with a percentile
+    bootstrap interval: resample example indices with replacement, the same indices for x and y
+    (Efron & Tibshirani 1993, ch. 13). -> (difference, lo, hi); fixed ``seed`` for repeatability."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) != len(y) or not len(x):
+        return math.nan, math.nan, math.nan
+    d = x - y
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(d), size=(n_boot, len(d)))
+    means = d[idx].mean(axis=1)
+    a = (1 - confidence) / 2
+    lo, hi = np.quantile(means, [a, 1 - a])
+    return float(d.mean()), float(lo), float(hi)
+
+
+def holm(pvalues, alpha: float = 0.05) -> list[float]:
+    """Holm (1979) step-down adjusted p-values of one family, in the input order; nan stays nan and
+    does not count towards the family size. Reject where adjusted p < alpha: equivalent to comparing
+    the i-th smallest p with alpha / (m - i + 1) and stopping at the first failure."""
+    ps = [float(p) for p in pvalues]
+    idx = sorted((i for i, p in enumerate(ps) if p == p), key=lambda i: ps[i])
+    m = len(idx)
+    out = [math.nan] * len(ps)
+    running = 0.0
+    for rank, i in enumerate(idx):
+        running = max(running, min(1.0, (m - rank) * ps[i]))  # monotone: never below an earlier one
+        out[i] = running
+    return out
+
+
+def nll_per_example(prob_pos, labels, eps: float = 1e-7):
+    """Per-example cross-entropy of binary predictions: -log p(label), p clipped to [eps, 1 - eps]."""
+    p = np.clip(np.asarray(prob_pos, dtype=float), eps, 1 - eps)
+    y = np.asarray(labels).astype(int)
+    return -np.log(np.where(y == 1, p, 1 - p))
+
+
+def expected_max(values, n_max: int | None = None) -> list[float]:
+    """Expected best of n configs drawn with replacement from the observed scores, n = 1..n_max
+    (Dodge et al. 2019, "Show Your Work", arXiv 1909.03004):
+    E[max of n] = sum_i v(i) * ((i/N)^n - ((i-1)/N)^n), v sorted ascending."""
+    v = np.sort(np.asarray([float(x) for x in values if x == x]))
+    N = len(v)
+    if not N:
+        return []
+    i = np.arange(1, N + 1)
+    return [float((v * ((i / N) ** n - ((i - 1) / N) ** n)).sum()) for n in range(1, (n_max or N) + 1)]
 
 
 def detect_collapse(history, majority_rate: float = 0.5, margin: float = 0.02,

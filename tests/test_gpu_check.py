@@ -129,13 +129,6 @@ def test_missing_dashboard_extra_is_a_warning_not_a_crash():
     assert "Cannot include dashboard" not in r.stdout + r.stderr   # never tried, never half-started
 
 
-def test_readme_gives_the_device_command_verbatim():
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    assert gpu_check.DEVICE_COMMAND in readme
-
-
 def test_prepare_fills_the_carry_folder(tmp_path):
     wheels = tmp_path / "wheels"
     wheels.mkdir()

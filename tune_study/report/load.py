@@ -45,7 +45,7 @@ def _read_table(d: Path, name: str) -> tuple[pd.DataFrame | None, str]:
 
 
 def _read_space(d: Path) -> dict:
-    from ..spaces import read_yaml
+    from ..config import read_yaml
 
     f = d / "space.yaml"
     if not f.exists():

@@ -49,12 +49,7 @@ def test_every_field_is_documented():
 
 
 @pytest.mark.parametrize("path", STUDY_FILES, ids=lambda p: p.name)
-def test_shipped_study_files_validate(path, monkeypatch):
-    # Whether a hub model is cached or reachable is a fact of the machine, not of the file: this test
-    # checks the file, so every hub id counts as available here (tests/test_models.py checks the rest).
-    from tune_study import models
-
-    monkeypatch.setattr(models, "hub_problem", lambda repo_id: None)
+def test_shipped_study_files_validate(path, hub_models_available):
     assert len(STUDY_FILES) >= 6
     assert path.read_text().splitlines()[0] == "# yaml-language-server: $schema=study.schema.json"
     doc = yaml.safe_load(path.read_text())

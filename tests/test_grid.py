@@ -135,7 +135,7 @@ def test_yaml_errors_exit_2_before_any_write(tmp_path, capsys):
     assert not (tmp_path / "res").exists()
 
 
-def test_shipped_spaces_are_valid():
+def test_shipped_spaces_are_valid(hub_models_available):
     for f in (ROOT / "search_spaces").glob("*.yaml"):
         kind = "search" if "followup" in f.name else "grid"
         study = load_space(f, kind=kind)

@@ -53,7 +53,7 @@ def _in_space(value, spec) -> bool:
 
 # ----------------------------------------------------------------------------- the shipped files
 
-def test_shipped_search_spaces():
+def test_shipped_search_spaces(hub_models_available):
     f = load_search_space(FOLLOWUP)
     ax = f["axes"]
     assert set(ax["model"]) == {"bert-base-uncased", "roberta-base"}
@@ -190,7 +190,7 @@ def _row(model, batch, sched, val, test=0.5, status="TERMINATED", **kw):
             "status": status, "best_val_acc": val, "test_acc": test, **kw}
 
 
-def test_from_grid_best_config_per_model(tmp_path):
+def test_from_grid_best_config_per_model(tmp_path, hub_models_available):
     study = load_search_space(FOLLOWUP)   # batch choice 16..256, lr loguniform [1e-5, 1e-4]
     grid = _fake_grid(tmp_path / "seed_study", [
         _row("bert-base-uncased", 16, "constant", 0.90, lr=5e-5),

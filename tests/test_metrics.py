@@ -94,7 +94,7 @@ def test_t_interval_degenerate():
 
 # ----------------------------------------------------------------------------- paired tests, Holm, budget
 
-from tune_study.metrics import (expected_max, holm, mcnemar_exact, nll_per_example, paired_bootstrap,  # noqa: E402
+from tune_study.metrics import (expected_max, holm, mcnemar_exact, nll_per_example, paired_bootstrap, paired_t_test,  # noqa: E402
                                 welch_t_test)
 
 
@@ -156,3 +156,12 @@ def test_nll_per_example_clipped():
     out = nll_per_example([0.9, 0.9, 1.0], [1, 0, 0])
     assert out[0] == pytest.approx(-math.log(0.9)) and out[1] == pytest.approx(-math.log(0.1))
     assert math.isfinite(out[2]) and out[2] == pytest.approx(-math.log(1e-7))
+
+
+def test_paired_t_test_hand_computed():
+    # d = 1, 2, 3, 4: mean 2.5, sd 1.291, t = 2.5 / (1.291 / 2) = 3.873 on 3 df -> two-sided p = 0.0305
+    assert paired_t_test([1, 2, 3, 4], [0, 0, 0, 0]) == pytest.approx(0.03047, abs=1e-4)
+    assert paired_t_test([2, 4, 6, 8], [1, 2, 3, 4]) == pytest.approx(0.03047, abs=1e-4)  # x - y again 1..4
+    # no spread in the differences (identical answers, or one constant shift): undefined, not p = 0
+    assert math.isnan(paired_t_test([0.3, 0.7], [0.3, 0.7])) and math.isnan(paired_t_test([2, 3], [1, 2]))
+    assert math.isnan(paired_t_test([1.0], [0.0]))

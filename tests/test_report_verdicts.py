@@ -189,6 +189,24 @@ def test_loss_vs_acc_needs_both_gaps_beyond_noise(tmp_path):
     assert "none has both differences beyond noise" in s and "≫" not in s and "confident when wrong" not in s
 
 
+def test_loss_vs_acc_holm_over_all_candidate_pairs(tmp_path):
+    # A vs B alone: McNemar 12 vs 3 discordant (p = 0.035) and a large NLL gap -> confirmed
+    ta = trial("a", best_val_acc=0.9, test_acc=100 / N_TEST, test_loss=1.5)
+    tb = trial("b", batch_size=32, best_val_acc=0.85, test_acc=91 / N_TEST, test_loss=0.67)
+    pa, pb = preds("a", correct_mask(100), 0.99), preds("b", correct_mask(91, offset=12), 0.6)
+    s = line(report(tmp_path, "alone", [ta, tb], predictions=[pa, pb]), "**(b)")
+    assert "1 have both differences beyond noise" in s and "Holm-adjusted over the 1 pair(s) tested" in s
+    assert "Holm-adjusted p = 0.035, beyond noise" in s
+    # four more configs add 6 candidate pairs (each more accurate and higher loss than the next, one
+    # review apart): Holm over 7 pairs takes A vs B's accuracy gap to p = 0.25 -> no longer confirmed
+    xs = [trial(f"x{i}", batch_size=128, scheduler=f"s{i}", best_val_acc=0.8, test_acc=(120 - i) / N_TEST,
+                test_loss=0.5 - 0.01 * i) for i in range(4)]
+    px = [preds(f"x{i}", correct_mask(120 - i), 0.7) for i in range(4)]
+    s = line(report(tmp_path, "family", [ta, tb, *xs], predictions=[pa, pb, *px]), "**(b)")
+    assert "Of 7 pair(s)" in s and "none has both differences beyond noise" in s
+    assert "Holm-adjusted over the 7 pair(s) tested" in s and "Holm-adjusted p = 0.25, within noise" in s
+
+
 def test_loss_vs_acc_without_predictions_cannot_say(tmp_path):
     ta = trial("a", test_acc=0.8, test_loss=0.7)
     tb = trial("b", batch_size=32, best_val_acc=0.7, test_acc=0.7, test_loss=0.6)
@@ -244,6 +262,18 @@ def test_steps_attribution_flips(tmp_path):
     text = _steps_study(tmp_path, "itself", learn, lambda s: learn(s) - 0.2, evals=4)
     assert "→ behind even at matched optimizer steps: an effect of the batch size itself" in line(text, "batch 8 vs 32")
     assert "it does so even per optimizer step" in line(text, "**(c)")
+
+
+def test_steps_bonferroni_over_the_family(tmp_path):
+    # b32 0.12 below b8 at every step count: beyond noise at 95%, within at 97.5% (two measured points)
+    text = _steps_study(tmp_path, "widened", learn, lambda s: learn(s) - 0.12, evals=4)
+    s = line(text, "batch 8 vs 32")
+    assert "at matched optimizer steps 114 steps: 0.683 vs 0.563 (larger batch -0.120, within noise)" in s
+    assert "→ behind at matched samples but not at matched optimizer steps" in s
+    assert "Bonferroni-widened over each model · scheduler's measured points to 97.5%" in line(text, "**(c)")
+    # 0.2 below: beyond noise even at 97.5%
+    text = _steps_study(tmp_path, "wide_gap", learn, lambda s: learn(s) - 0.2, evals=4)
+    assert "(larger batch -0.200, beyond noise)" in line(text, "batch 8 vs 32")
 
 
 # ----------------------------------------------------------------------------- ASHA note

@@ -125,6 +125,18 @@ def paired_bootstrap(x, y, n_boot: int = 2000, seed: int = 0, confidence: float 
     return float(d.mean()), float(lo), float(hi)
 
 
+def paired_t_test(x, y) -> float:
+    """Two-sided p-value of the paired t-test of mean(x - y) = 0 (Student 1908) on per-example paired
+    values, e.g. the NLL of two configs on the same test reviews. nan when there are < 2 pairs or the
+    differences have no spread (identical answers: undefined, not p = 0)."""
+    from scipy import stats
+
+    d = np.asarray(x, dtype=float) - np.asarray(y, dtype=float)
+    if len(d) < 2 or float(d.max() - d.min()) == 0.0:
+        return math.nan
+    return float(stats.ttest_1samp(d, 0.0).pvalue)
+
+
 def holm(pvalues, alpha: float = 0.05) -> list[float]:
     """Holm (1979) step-down adjusted p-values of one family, in the input order; nan stays nan and
     does not count towards the family size. Reject where adjusted p < alpha: equivalent to comparing

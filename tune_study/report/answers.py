@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from . import questions as Q
-from .analysis import NOT_COMPARABLE
-from .text import calib_word, f3, rate, sgn
+from .analysis import NOT_COMPARABLE, UNDETERMINED
+from .text import calib_word, f3, pval, rate, sgn
 
 ATTR_TEXT = {
     Q.ATTR_FEWER: "behind at matched samples but not at matched optimizer steps: the gap is one of fewer steps",
@@ -66,20 +66,20 @@ def loss_vs_acc(an) -> list[str]:
         s = (f"{b.candidates} config pair(s) have higher test accuracy together with higher test loss by point "
              "estimate; without stored per-example predictions the loss difference cannot be tested, so this study "
              "cannot say whether any such pair is beyond noise.")
+    elif not b.family:
+        s = (f"{b.candidates} config pair(s) have higher test accuracy together with higher test loss by point "
+             "estimate; none has stored predictions for both configs, so this study cannot say whether any such "
+             "pair is beyond noise.")
     elif b.confirmed:
         p = b.confirmed[0]
         s = (f"Of {b.candidates} pair(s) with higher accuracy and higher loss by point estimate, {len(b.confirmed)} "
-             f"have both differences beyond noise (paired bootstrap 95% CIs, per pair). The clearest: {p.a} vs {p.b}: "
-             f"accuracy {sgn(p.acc[0])} [{sgn(p.acc[1])}, {sgn(p.acc[2])}], mean test NLL {sgn(p.nll[0])} "
-             f"[{sgn(p.nll[1])}, {sgn(p.nll[2])}]. " + _wrong(p))
+             f"have both differences beyond noise ({_tests(b)}). The clearest: {p.a} vs {p.b}: {_gaps(p)}. " + _wrong(p))
     else:
         s = (f"Of {b.candidates} pair(s) with higher accuracy and higher loss by point estimate, none has both "
-             "differences beyond noise (paired bootstrap 95% CIs of accuracy and mean NLL): the seed's pattern is not "
-             "shown by this study.")
+             f"differences beyond noise ({_tests(b)}): the seed's pattern is not shown by this study.")
         if b.not_confirmed:
             p = max(b.not_confirmed, key=lambda q: q.nll[0])
-            s += (f" Largest loss gap: {p.a} vs {p.b}: accuracy {sgn(p.acc[0])} ({p.acc_verdict}), mean NLL "
-                  f"{sgn(p.nll[0])} [{sgn(p.nll[1])}, {sgn(p.nll[2])}] ({p.nll_verdict}).")
+            s += f" Largest loss gap: {p.a} vs {p.b}: {_gaps(p)}."
     cal = []
     for g in an.calibration:
         excl = f"; {g.n_excluded} stopped early or unfinished, left out" if g.n_excluded else ""
@@ -93,6 +93,17 @@ def loss_vs_acc(an) -> list[str]:
     if cal:
         s += " Per scheduler: " + "; ".join(cal) + "."
     return [head + s]
+
+
+def _tests(b) -> str:
+    return (f"exact McNemar for accuracy and a paired t-test of the per-example NLL, each Holm-adjusted over the "
+            f"{b.family} pair(s) tested")
+
+
+def _gaps(p) -> str:
+    return (f"accuracy {sgn(p.acc[0])} [{sgn(p.acc[1])}, {sgn(p.acc[2])}] (Holm-adjusted p = {pval(p.p_acc)}, "
+            f"{p.acc_verdict}), mean test NLL {sgn(p.nll[0])} [{sgn(p.nll[1])}, {sgn(p.nll[2])}] (Holm-adjusted p = "
+            f"{pval(p.p_nll)}, {p.nll_verdict}); paired bootstrap 95% CIs")
 
 
 def _wrong(p) -> str:
@@ -126,9 +137,12 @@ def steps(an) -> list[str]:
             + (f" → {ATTR_TEXT[p.attribution]}." if p.attribution else " → no attribution.") for p in an.steps]
     done = [p for p in an.steps if p.attribution]
     not_steps = sum(p.steps.verdict == NOT_COMPARABLE for p in an.steps)
+    confs = sorted({f"{100 * m.confidence:.1f}%" for p in an.steps for m in (p.steps, p.samples)
+                    if m.verdict not in (NOT_COMPARABLE, UNDETERMINED)})
     s = head + (f"Val accuracy of adjacent batch sizes at matched points (noise: Newcombe's unpaired interval on "
-                f"n_val = {an.n_val or 'unknown'}, since val predictions are not stored). "
-                f"Of {len(an.steps)} adjacent-batch comparisons, ")
+                f"n_val = {an.n_val or 'unknown'}, since val predictions are not stored"
+                + (f"; Bonferroni-widened over each model · scheduler's measured points to {' / '.join(confs)}"
+                   if confs else "") + f"). Of {len(an.steps)} adjacent-batch comparisons, ")
     if not done:
         s += ("none has both matched points measured" + (f" ({not_steps} have no overlap in optimizer steps)" if not_steps
                                                           else "") + ", so this study cannot answer (c): evaluate val "

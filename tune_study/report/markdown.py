@@ -206,7 +206,10 @@ def _rules(an: Analysis) -> list[str]:
             "optimizer-step count and the furthest sample count inside BOTH curves' measured ranges (every evaluation, "
             "fractional epochs included), interpolating only between two measured points of one curve; no overlap "
             "means not comparable. Val-accuracy differences use Newcombe's unpaired interval on n_val (val predictions "
-            "are not stored), unadjusted.",
+            "are not stored), Bonferroni-widened to 1 − 0.05/m over the m measured points of one model · scheduler.",
+            "- **Loss vs accuracy (b)**: a pair counts only if exact McNemar (accuracy) and a paired t-test of the "
+            "per-example test NLL are both beyond noise after Holm adjustment over all candidate pairs tested (one "
+            "family per test); paired bootstrap 95% CIs give the sizes.",
             "- **Calibration by scheduler**: only trials that ran all their planned epochs; confidence − accuracy with "
             "a paired bootstrap CI over test examples (Wilson interval of the accuracy without predictions).", ""]
 

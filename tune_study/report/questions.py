@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 
 from .. import metrics as M
-from .analysis import BEYOND, N_BOOT, NOT_COMPARABLE, UNDETERMINED, WITHIN, ok
+from .analysis import ALPHA, BEYOND, N_BOOT, NOT_COMPARABLE, UNDETERMINED, WITHIN, ok
 
-MAX_PAIR_SCAN = 400  # (b) bootstraps at most this many candidate pairs (2 x 2,000 resamples each)
+MAX_PAIR_SCAN = 400  # (b) tests at most this many candidate pairs (2 x 2,000 bootstrap resamples each)
 
 
 # ----------------------------------------------------------------------------- (a) collapse
@@ -104,6 +104,8 @@ class LossAccPair:
     nll_verdict: str
     conf_a: TrialConfidence | None = None
     conf_b: TrialConfidence | None = None
+    p_acc: float = math.nan       # exact McNemar, then Holm-adjusted over the candidate pairs
+    p_nll: float = math.nan       # paired t-test of the per-example NLL, then Holm-adjusted likewise
 
 
 @dataclass
@@ -112,12 +114,15 @@ class LossAccAnswer:
     candidates: int               # pairs whose point estimates have higher acc and higher loss
     confirmed: list[LossAccPair]  # both differences beyond noise
     not_confirmed: list[LossAccPair]
+    family: int = 0               # candidate pairs tested: the Holm family of each of the two tests
     unpaired_candidates: list[tuple] = field(default_factory=list)  # (a, b, acc_a, acc_b, loss_a, loss_b)
 
 
 def q_loss_vs_acc(cfg_trials: pd.DataFrame, predictions: pd.DataFrame | None) -> LossAccAnswer:
     """Pairs of single-run trials where A is more accurate yet has the higher test loss. A pair counts
-    only if both the accuracy and the NLL difference are beyond noise (paired bootstrap 95% CIs)."""
+    only if both differences are beyond noise: exact McNemar for accuracy and a paired t-test of the
+    per-example NLL, each Holm-adjusted over all candidate pairs tested (one family per test); the
+    paired bootstrap 95% CIs give the sizes."""
     t = cfg_trials[cfg_trials["test_acc"].notna() & cfg_trials["test_loss"].notna()].to_dict("records")
     cands = [(a, b) for a in t for b in t if a["test_acc"] > b["test_acc"] and a["test_loss"] > b["test_loss"]]
     if predictions is None:
@@ -126,18 +131,24 @@ def q_loss_vs_acc(cfg_trials: pd.DataFrame, predictions: pd.DataFrame | None) ->
     from .analysis import paired_arrays
 
     conf = confidence_when_wrong(predictions, cfg_trials)
-    yes, no = [], []
+    pairs = []
     for a, b in cands[:MAX_PAIR_SCAN]:
         arr = paired_arrays(predictions, [a["trial_id"]], [b["trial_id"]])
         if arr is None:
             continue
-        acc = M.paired_bootstrap(arr["correct_a"], arr["correct_b"], N_BOOT)
-        nll = M.paired_bootstrap(arr["nll_a"], arr["nll_b"], N_BOOT)
-        v = lambda d: BEYOND if d[1] > 0 or d[2] < 0 else WITHIN
-        pair = LossAccPair(a["cfg"], b["cfg"], acc, nll, v(acc), v(nll), conf.get(a["trial_id"]), conf.get(b["trial_id"]))
-        (yes if pair.acc_verdict == BEYOND and pair.nll_verdict == BEYOND and acc[0] > 0 and nll[0] > 0 else no).append(pair)
+        pairs.append(LossAccPair(a["cfg"], b["cfg"], M.paired_bootstrap(arr["correct_a"], arr["correct_b"], N_BOOT),
+                                 M.paired_bootstrap(arr["nll_a"], arr["nll_b"], N_BOOT), "", "",
+                                 conf.get(a["trial_id"]), conf.get(b["trial_id"]),
+                                 M.mcnemar_exact(arr["correct_a"], arr["correct_b"])[2],
+                                 M.paired_t_test(arr["nll_a"], arr["nll_b"])))
+    for p, pa, pn in zip(pairs, M.holm([p.p_acc for p in pairs]), M.holm([p.p_nll for p in pairs])):
+        p.p_acc, p.p_nll = pa, pn
+        p.acc_verdict = BEYOND if pa < ALPHA else WITHIN if pa == pa else UNDETERMINED
+        p.nll_verdict = BEYOND if pn < ALPHA else WITHIN if pn == pn else UNDETERMINED
+    both = [p.acc_verdict == BEYOND and p.nll_verdict == BEYOND and p.acc[0] > 0 and p.nll[0] > 0 for p in pairs]
+    yes, no = [p for p, y in zip(pairs, both) if y], [p for p, y in zip(pairs, both) if not y]
     yes.sort(key=lambda p: -p.nll[1])
-    return LossAccAnswer(True, len(cands), yes, no)
+    return LossAccAnswer(True, len(cands), yes, no, len(pairs))
 
 
 @dataclass
@@ -194,6 +205,7 @@ class MatchedPoint:
     verdict: str
     range_small: tuple
     range_large: tuple
+    confidence: float = 0.95      # of [lo, hi]: Bonferroni-widened over the model · scheduler's matched points
 
 
 @dataclass
@@ -220,18 +232,29 @@ def _curve(h: pd.DataFrame) -> pd.DataFrame:
                                    acc=("val_acc", "mean")).reset_index().dropna().sort_values("epoch"))
 
 
-def _matched(cs: pd.DataFrame, cl: pd.DataFrame, key: str, n_val: int | None) -> MatchedPoint:
+def _matched(cs: pd.DataFrame, cl: pd.DataFrame, key: str) -> MatchedPoint:
     """Both curves at the furthest ``key`` value inside both measured ranges; not comparable when
-    the ranges do not overlap. Interpolation only between two measured points of one curve."""
+    the ranges do not overlap. Interpolation only between two measured points of one curve. The
+    verdict stays undetermined until ``_judge`` sees the whole family."""
     rs, rl = (float(cs[key].min()), float(cs[key].max())), (float(cl[key].min()), float(cl[key].max()))
     x = min(rs[1], rl[1])
     if x < max(rs[0], rl[0]):
         return MatchedPoint(math.nan, math.nan, math.nan, math.nan, math.nan, math.nan, NOT_COMPARABLE, rs, rl)
     a, b = M.interp_at(cs[key], cs["acc"], x), M.interp_at(cl[key], cl["acc"], x)
+    return MatchedPoint(x, a, b, b - a, math.nan, math.nan, UNDETERMINED, rs, rl)
+
+
+def _judge(points: list[MatchedPoint], n_val: int | None) -> None:
+    """Newcombe's unpaired interval of each measured point's difference on n_val, at 1 - alpha/m for
+    the family's m measured points (Bonferroni: val predictions are not stored, so no paired p-values
+    for Holm); undetermined without n_val."""
+    todo = [m for m in points if m.verdict != NOT_COMPARABLE]
     if not n_val:
-        return MatchedPoint(x, a, b, b - a, math.nan, math.nan, UNDETERMINED, rs, rl)
-    d, lo, hi = M.diff_interval(b * n_val, n_val, a * n_val, n_val)
-    return MatchedPoint(x, a, b, b - a, lo, hi, BEYOND if lo > 0 or hi < 0 else WITHIN, rs, rl)
+        return
+    conf = 1 - ALPHA / max(len(todo), 1)
+    for m in todo:
+        _, m.lo, m.hi = M.diff_interval(m.acc_large * n_val, n_val, m.acc_small * n_val, n_val, confidence=conf)
+        m.confidence, m.verdict = conf, BEYOND if m.lo > 0 or m.hi < 0 else WITHIN
 
 
 def _attribute(st: MatchedPoint, sa: MatchedPoint) -> str:
@@ -249,7 +272,8 @@ def _attribute(st: MatchedPoint, sa: MatchedPoint) -> str:
 
 
 def q_steps(history: pd.DataFrame, cfg_trials: pd.DataFrame, n_val: int | None) -> list[StepPair]:
-    """Adjacent batch sizes of each model · scheduler at matched optimizer steps and matched samples."""
+    """Adjacent batch sizes of each model · scheduler at matched optimizer steps and matched samples;
+    the measured points of one model · scheduler form one family (``_judge``)."""
     out = []
     if not len(history):
         return out
@@ -262,10 +286,10 @@ def q_steps(history: pd.DataFrame, cfg_trials: pd.DataFrame, n_val: int | None) 
             if len(c):
                 curves[int(b)] = c
         bs = sorted(curves)
-        for s, l in zip(bs, bs[1:]):
-            st = _matched(curves[s], curves[l], "steps", n_val)
-            sa = _matched(curves[s], curves[l], "samples", n_val)
-            out.append(StepPair(str(model), str(sched), s, l, st, sa, _attribute(st, sa)))
+        pairs = [(s, l, _matched(curves[s], curves[l], "steps"), _matched(curves[s], curves[l], "samples"))
+                 for s, l in zip(bs, bs[1:])]
+        _judge([m for *_, st, sa in pairs for m in (st, sa)], n_val)
+        out += [StepPair(str(model), str(sched), s, l, st, sa, _attribute(st, sa)) for s, l, st, sa in pairs]
     return out
 
 

@@ -156,3 +156,22 @@ def test_help_lists_every_flag(capsys):
     out = capsys.readouterr().out
     for flag in ("--space", "--results-dir", "--resume", "--address", "--dashboard-host", "--keep-alive"):
         assert flag in out
+
+
+def test_default_study_measures_every_adjacent_batch_comparison():
+    # The report compares adjacent batch sizes only inside both curves' measured step ranges. Even a
+    # trial ASHA stops at its first rung must reach the smaller batch's first evaluation in steps.
+    from tune_study.data import load_reviews, split_reviews
+    from tune_study.evaluation import eval_points
+
+    study = load_space(ROOT / "search_spaces" / "default.yaml", kind="grid")
+    fx, data = study["fixed"], study["fixed"]["data"]
+    n = len(split_reviews(load_reviews(data), data["split_seed"], data["max_examples"])["train"])
+    k = fx["evals_per_epoch"]
+    first_rung = study["early_stopping"]["grace_period"] if study["early_stopping"] else fx["epochs"]
+    bs = sorted(study["axes"]["batch_size"])
+    for small, large in zip(bs, bs[1:]):
+        first_eval_small = min(eval_points(math.ceil(n / small), k))
+        assert first_rung * math.ceil(n / large) >= first_eval_small, (small, large, n, k)
+    # and the comparison is not trivial: one evaluation per epoch would leave b8 vs b32 without overlap
+    assert min(eval_points(math.ceil(n / bs[0]), 1)) > first_rung * math.ceil(n / bs[1])

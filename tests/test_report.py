@@ -18,6 +18,8 @@ from tune_study.report import build_report, load_study, main
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "results" / "example" / "default"
+# exports of the default study as an older version wrote them (1,500 reviews, one evaluation an epoch)
+OLD_EXPORT = Path(__file__).resolve().parent / "fixtures" / "old_export"
 SMOKE = ROOT / "search_spaces" / "smoke.yaml"
 FIGS = ("fig_curves_epoch.png", "fig_curves_steps.png", "fig_curves_samples.png", "fig_reliability.png",
         "fig_test_vs_batch.png", "fig_expected_max.png")
@@ -96,10 +98,10 @@ def test_report_writes_only_its_own_outputs(tmp_path):
     assert "at matched optimizer steps 114 steps" in line(text, "minilm · constant, batch 8 vs 32")
 
 
-def test_example_study_degrades_gracefully(tmp_path):
-    # the committed example is an older export: per-epoch history, no predictions, no stage column
+def test_old_export_degrades_gracefully(tmp_path):
+    # an older export: per-epoch history, no predictions, no stage column
     d = tmp_path / "default"
-    shutil.copytree(EXAMPLE, d)
+    shutil.copytree(OLD_EXPORT, d)
     before = _digest(d)
     text = build_report(d, log=lambda *_: None, figures=False).read_text()
     for f in ("trials.csv", "trials.parquet", "history.csv", "history.parquet", "space.yaml"):
@@ -114,6 +116,22 @@ def test_example_study_degrades_gracefully(tmp_path):
     assert "no RoBERTa model (models: minilm)" in line(text, "**(a)")
     # best by val: constant b8 (val .893), its test .753 is not the highest (.787): test does not select
     assert "**minilm · constant · b8**" in line(text, "**Best config**")
+
+
+def test_committed_example_is_current_and_measured(tmp_path):
+    # the example is what today's report makes of its exports: rebuilt from them, the text is the same
+    d = tmp_path / "default"
+    shutil.copytree(EXAMPLE, d)
+    text = build_report(d, log=lambda *_: None).read_text()
+    assert text == (EXAMPLE / "report.md").read_text()
+    s = load_study(EXAMPLE)
+    assert s.predictions is not None and set(s.predictions["trial_id"]) == set(s.trials["trial_id"])
+    assert (s.trials["evals_per_epoch"] == 4).all() and (~s.history["epoch_end"]).any()
+    # every (c) comparison rests on measured points at both matched steps and matched samples
+    c = line(text, "**(c)")
+    assert "Of 6 adjacent-batch comparisons, 6 have both matched points measured" in c
+    assert "not comparable (" not in text and "step 0" not in text
+    assert "exact McNemar" in line(text, "runner-up by val") and "Holm-adjusted" in line(text, "**(b)")
 
 
 def test_search_study(tmp_path):

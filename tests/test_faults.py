@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -14,10 +13,10 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import psutil
 import pytest
 import torch
 
+from driver_procs import kill_tree, ray_procs
 from tune_study import grid
 from tune_study.checkpoints import checkpoint_epoch
 from tune_study.training import train
@@ -95,36 +94,6 @@ def ray_cluster(tmp_path_factory):
 
 # ----------------------------------------------------------------------------- helpers
 
-def _ray_procs(marker: str) -> list[psutil.Process]:
-    out = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if any(marker in part for part in (p.info["cmdline"] or [])):
-                out.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return out
-
-
-def _kill_tree(proc: subprocess.Popen, marker: str) -> None:
-    """SIGKILL the driver and everything it started (its children, and its Ray processes)."""
-    try:
-        family = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        family = []
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=30)
-    for p in family + _ray_procs(marker):
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(family, timeout=20)
-
-
 def _start_study(results: Path, ray_tmp: str) -> subprocess.Popen:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": ray_tmp}
     env.pop(CRASH_FLAG, None)
@@ -168,8 +137,8 @@ def test_driver_killed_then_resumed(ray_cluster, tmp_path, moment):
             assert time.time() < deadline, f"moment {moment} never came"
             time.sleep(0.05)
     finally:
-        _kill_tree(proc, ray_tmp)
-    assert not _ray_procs(ray_tmp), "orphan Ray processes left behind"
+        kill_tree(proc, ray_tmp)
+    assert not ray_procs(ray_tmp), "orphan Ray processes left behind"
     shutil.rmtree(ray_tmp, ignore_errors=True)
     had = _checkpoint_epochs(study_dir)
 

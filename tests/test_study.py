@@ -2,7 +2,6 @@
 one Ctrl-C / SIGTERM ends a --keep-alive driver, and remote storage (file://) holds the best models."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -13,64 +12,31 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import psutil
 import pytest
 import yaml
 
+from driver_procs import kill_tree, ray_procs
 from tune_study import grid
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "search_spaces" / "smoke.yaml"
 REPEAT = {"top": 2, "seeds": [1, 2]}
-# The study file's schema learns ``repeat`` in config; until then the driver adds it to the loaded study.
-DRIVER = """import json, sys
-from tune_study import grid
-real = grid.load_space
-def load_space(path, kind="grid"):
-    study = real(path, kind=kind)
-    study["repeat"] = json.loads(sys.argv[1])
-    return study
-grid.load_space = load_space
-sys.exit(grid.main(sys.argv[2:]))
-"""
 
 
-def _ray_procs(marker: str) -> list[psutil.Process]:
-    out = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if any(marker in part for part in (p.info["cmdline"] or [])):
-                out.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return out
+def _smoke_file(tmp: Path, **extra) -> Path:
+    """The smoke study (name smoke) with extra top-level keys, as a study file a user would write."""
+    path = tmp / "smoke.yaml"
+    path.write_text(yaml.safe_dump({**yaml.safe_load(SMOKE.read_text()), **extra}, sort_keys=False))
+    return path
 
 
-def _start(tmp: Path, repeat, args: list[str], ray_tmp: str) -> tuple[subprocess.Popen, Path]:
-    (tmp / "driver.py").write_text(DRIVER)
+def _start(tmp: Path, args: list[str], ray_tmp: str) -> tuple[subprocess.Popen, Path]:
+    """``python -m tune_study.grid ARGS --no-report`` as its own process group, output in driver.log."""
     log = tmp / "driver.log"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, str(tmp / "driver.py"), json.dumps(repeat), *args, "--no-report"],
+    proc = subprocess.Popen([sys.executable, "-m", "tune_study.grid", *args, "--no-report"], cwd=ROOT,
                             env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     return proc, log
-
-
-def _kill_tree(proc: subprocess.Popen, marker: str) -> None:
-    try:
-        family = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        family = []
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=30)
-    for p in family + _ray_procs(marker):
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(family, timeout=20)
 
 
 def _wait_for(cond, proc, what: str, timeout: float = 420) -> None:
@@ -93,12 +59,12 @@ def _stop_keep_alive(proc, log: Path, ray_tmp: str, sig) -> None:
             pytest.fail(f"driver still up 20 s after {sig.name}:\n{log.read_text()[-2000:]}")
         assert rc == 0, log.read_text()[-2000:]
         deadline = time.time() + 15
-        while _ray_procs(ray_tmp) and time.time() < deadline:
+        while ray_procs(ray_tmp) and time.time() < deadline:
             time.sleep(0.5)
-        assert not _ray_procs(ray_tmp), "Ray processes left behind"
+        assert not ray_procs(ray_tmp), "Ray processes left behind"
     finally:
         if proc.poll() is None:
-            _kill_tree(proc, ray_tmp)
+            kill_tree(proc, ray_tmp)
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
@@ -120,8 +86,8 @@ def _check_repeats(trials: pd.DataFrame) -> None:
 
 def test_repeat_stage_and_ctrl_c_ends_keep_alive(tmp_path):
     ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: Ray's socket paths have a length limit
-    proc, log = _start(tmp_path, REPEAT, ["--space", str(SMOKE), "--results-dir", str(tmp_path / "res"),
-                                          "--keep-alive"], ray_tmp)
+    proc, log = _start(tmp_path, ["--space", str(_smoke_file(tmp_path, repeat=REPEAT)), "--results-dir",
+                                  str(tmp_path / "res"), "--keep-alive"], ray_tmp)
     _stop_keep_alive(proc, log, ray_tmp, signal.SIGINT)
     study_dir = tmp_path / "res" / "smoke"
     assert (study_dir / "repeat").is_dir() and (study_dir / "tune").is_dir()
@@ -134,12 +100,10 @@ def test_repeat_stage_and_ctrl_c_ends_keep_alive(tmp_path):
 
 def test_sigterm_ends_keep_alive_and_remote_storage_holds_best_models(tmp_path):
     store = tmp_path / "store"
-    space = yaml.safe_load(SMOKE.read_text())
-    space["storage_path"] = f"file://{store}"
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(space))
+    space = _smoke_file(tmp_path, storage_path=f"file://{store}")
     ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")
-    proc, log = _start(tmp_path, None, ["--space", str(tmp_path / "s.yaml"), "--results-dir",
-                                        str(tmp_path / "res"), "--keep-alive"], ray_tmp)
+    proc, log = _start(tmp_path, ["--space", str(space), "--results-dir", str(tmp_path / "res"), "--keep-alive"],
+                       ray_tmp)
     _stop_keep_alive(proc, log, ray_tmp, signal.SIGTERM)
     trials = pd.read_csv(tmp_path / "res" / "smoke" / "trials.csv")
     assert len(trials) == 4 and (trials.status == "TERMINATED").all()
@@ -151,26 +115,25 @@ def test_sigterm_ends_keep_alive_and_remote_storage_holds_best_models(tmp_path):
         assert any(path.glob("*.safetensors")) or (path / "pytorch_model.bin").is_file()
 
 
-def test_resume_finishes_a_killed_repeat_stage(tmp_path, monkeypatch):
+def test_resume_finishes_a_killed_repeat_stage(tmp_path):
     ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")
     results = tmp_path / "res"
     study_dir = results / "smoke"
-    proc, _ = _start(tmp_path, REPEAT, ["--space", str(SMOKE), "--results-dir", str(results)], ray_tmp)
+    space = _smoke_file(tmp_path, repeat=REPEAT)
+    proc, _ = _start(tmp_path, ["--space", str(space), "--results-dir", str(results)], ray_tmp)
     try:
         _wait_for(lambda: any((study_dir / "repeat").glob("tiny-bert_*/checkpoint_*")), proc,
                   "a repeat trial's first checkpoint")
     finally:
-        _kill_tree(proc, ray_tmp)
-    assert not _ray_procs(ray_tmp), "orphan Ray processes left behind"
+        kill_tree(proc, ray_tmp)
+    assert not ray_procs(ray_tmp), "orphan Ray processes left behind"
     shutil.rmtree(ray_tmp, ignore_errors=True)
     grid_logs = {p: p.stat().st_size for p in (study_dir / "tune").glob("tiny-bert_*/result.json")}
     assert len(grid_logs) == 4
     before = pd.read_parquet(study_dir / "trials.parquet")  # the first stage's export
     assert set(before.stage) == {"grid"} and (before.status == "TERMINATED").all()
 
-    real = grid.load_space
-    monkeypatch.setattr(grid, "load_space", lambda path, kind="grid": {**real(path, kind=kind), "repeat": REPEAT})
-    rc = grid.main(["--space", str(SMOKE), "--results-dir", str(results), "--resume", "--no-report"])
+    rc = grid.main(["--space", str(space), "--results-dir", str(results), "--resume", "--no-report"])
     assert rc == 0
     trials = pd.read_parquet(study_dir / "trials.parquet")
     _check_repeats(trials)

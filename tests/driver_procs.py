@@ -20,8 +20,9 @@ def ray_procs(marker: str) -> list[psutil.Process]:
     return out
 
 
-def kill_tree(proc: subprocess.Popen, marker: str) -> None:
-    """SIGKILL the driver and everything it started (its children, and its Ray processes)."""
+def kill_tree(proc: subprocess.Popen, marker: str | None = None) -> None:
+    """SIGKILL the driver and everything it started, like a power cut: its children, and with
+    ``marker`` also the Ray processes that name it (they may have left the driver's process tree)."""
     try:
         family = psutil.Process(proc.pid).children(recursive=True)
     except psutil.NoSuchProcess:
@@ -31,7 +32,7 @@ def kill_tree(proc: subprocess.Popen, marker: str) -> None:
     except ProcessLookupError:
         pass
     proc.wait(timeout=30)
-    for p in family + ray_procs(marker):
+    for p in family + (ray_procs(marker) if marker else []):
         try:
             p.kill()
         except psutil.NoSuchProcess:

@@ -10,7 +10,6 @@ import glob
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from driver_procs import kill_tree
 from tune_study import search
 from tune_study.errors import StudyError
 from tune_study.search import (load_search_space, make_searcher, points_from_grid, search_param_space,
@@ -266,27 +266,6 @@ def ray_cluster():
         ray.shutdown()
 
 
-def _kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL a CLI run and every process it started (Ray's gcs, raylet, workers), like a power cut."""
-    import psutil
-
-    try:
-        procs = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        procs = []
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    for p in procs:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=15)
-    proc.wait(timeout=15)
-
-
 def test_resume_after_kill(ray_cluster, tmp_path, capsys):
     """Kill a search (and its Ray) at its first checkpoint; --resume finishes it: num_samples trials,
     all TERMINATED, and the restored searcher goes on where it was (the seeded configs, none twice)."""
@@ -310,7 +289,7 @@ def test_resume_after_kill(ray_cluster, tmp_path, capsys):
             assert time.time() - t0 < 180, "no checkpoint within 180 s"
             time.sleep(0.2)
     finally:
-        _kill_tree(proc)
+        kill_tree(proc)
         log.close()
     assert not (res / "resume_smoke" / "trials.parquet").exists()  # it really was cut short
 

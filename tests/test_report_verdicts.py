@@ -207,6 +207,26 @@ def test_loss_vs_acc_holm_over_all_candidate_pairs(tmp_path):
     assert "Holm-adjusted over the 7 pair(s) tested" in s and "Holm-adjusted p = 0.25, within noise" in s
 
 
+def test_loss_vs_acc_nll_gap_decided_by_its_own_test(tmp_path):
+    # A right on 120, B on 100 of them (accuracy gap beyond noise); A's 30 wrong answers carry
+    # confidence c_w. The table's test losses are the predictions' mean NLL, so the pair is a candidate.
+    from tune_study.metrics import nll_per_example
+
+    def study(name, c_w):
+        pa = preds("a", correct_mask(120), np.where(correct_mask(120), 0.6, c_w))
+        pb = preds("b", correct_mask(100), 0.6)
+        loss = lambda p: float(nll_per_example(p["prob_pos"], p["label"]).mean())
+        ta = trial("a", best_val_acc=0.9, test_acc=120 / N_TEST, test_loss=loss(pa))
+        tb = trial("b", batch_size=32, best_val_acc=0.85, test_acc=100 / N_TEST, test_loss=loss(pb))
+        assert ta["test_loss"] > tb["test_loss"]
+        return line(report(tmp_path, name, [ta, tb], predictions=[pa, pb]), "**(b)")
+    s = study("small_gap", 0.73)   # mean NLL +0.025: the paired t-test cannot tell it from noise
+    assert "none has both differences beyond noise" in s
+    assert "beyond noise), mean test NLL +0.02" in s and "within noise); paired bootstrap" in s
+    s = study("large_gap", 0.99)   # confidently wrong: mean NLL +0.7, beyond noise
+    assert "1 have both differences beyond noise" in s and "more confident when wrong" in s
+
+
 def test_loss_vs_acc_without_predictions_cannot_say(tmp_path):
     ta = trial("a", test_acc=0.8, test_loss=0.7)
     tb = trial("b", batch_size=32, best_val_acc=0.7, test_acc=0.7, test_loss=0.6)
@@ -227,6 +247,18 @@ def test_calibration_only_from_completed_trials(tmp_path):
     assert "under-confident" not in stopped
     done = study("done", 3)
     assert "linear (2 trial(s) that ran all planned epochs)" in done and "under-confident beyond noise" in done
+
+
+def test_calibration_verdict_flips(tmp_path):
+    # 120 of 150 right (0.8) with confidence .99 -> over-confident; with confidence .8 -> within noise
+    def study(name, conf):
+        ts = [trial(f"c{b}", batch_size=b, test_acc=0.8, test_confidence=conf) for b in (8, 32)]
+        return line(report(tmp_path, name, ts, predictions=[preds(f"c{b}", correct_mask(120), conf)
+                                                             for b in (8, 32)]), "**(b)")
+    s = study("over", 0.99)
+    assert "constant (2 trial(s) that ran all planned epochs)" in s and "over-confident beyond noise" in s
+    s = study("within", 0.8)
+    assert "confidence within noise of accuracy" in s and "over-confident" not in s and "under-confident" not in s
 
 
 # ----------------------------------------------------------------------------- (c) step matching
@@ -274,6 +306,16 @@ def test_steps_bonferroni_over_the_family(tmp_path):
     # 0.2 below: beyond noise even at 97.5%
     text = _steps_study(tmp_path, "wide_gap", learn, lambda s: learn(s) - 0.2, evals=4)
     assert "(larger batch -0.200, beyond noise)" in line(text, "batch 8 vs 32")
+
+
+def test_steps_without_n_val_cannot_judge(tmp_path):
+    # measured points but no n_val: undetermined, and the report says why (not "no overlap")
+    ts = [trial("t8", batch_size=8, evals_per_epoch=4, n_val=None), trial("t32", batch_size=32, evals_per_epoch=4, n_val=None)]
+    h = curve("t8", 8, learn, evals_per_epoch=4) + curve("t32", 32, lambda s: learn(s) - 0.2, evals_per_epoch=4)
+    text = report(tmp_path, "no_nval", ts, history=h)
+    c = line(text, "**(c)")
+    assert "1 have both matched points measured, but n_val is unknown" in c and "cannot answer (c)" in c
+    assert "no overlap" not in c and "(larger batch -0.200, undetermined)" in line(text, "batch 8 vs 32")
 
 
 # ----------------------------------------------------------------------------- ASHA note

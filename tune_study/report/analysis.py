@@ -243,7 +243,7 @@ class Ordering:
 
 def batch_orderings(cfgs: pd.DataFrame, predictions, n_test) -> list[Ordering]:
     """Per model · scheduler with >= 2 batch sizes (one config each): batch sizes by test accuracy;
-    the adjacent comparisons plus best-vs-worst form one Holm family."""
+    the comparisons of neighbours in that ranking plus best-vs-worst form one Holm family."""
     out = []
     for (model, sched), p in cfgs.groupby(["model", "scheduler"], sort=True):
         p = p[p["test_acc"].notna()]
@@ -254,7 +254,7 @@ def batch_orderings(cfgs: pd.DataFrame, predictions, n_test) -> list[Ordering]:
         if len(rows) > 2:  # with two batch sizes the one adjacent pair is also best vs worst
             pairs.append((0, len(rows) - 1))
         comps = compare_family(rows, pairs, predictions, n_test)
-        what = "adjacent batch sizes and best vs worst" if len(rows) > 2 else "one adjacent pair"
+        what = "neighbours in this ranking and best vs worst" if len(rows) > 2 else "one pair"
         out.append(Ordering(model, sched, rows, comps[:len(rows) - 1], comps[-1],
                             f"{model} · {sched}: {len(pairs)} comparison{'s' if len(pairs) > 1 else ''} ({what})"))
     return out

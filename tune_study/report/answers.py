@@ -19,7 +19,7 @@ def asha(an) -> list[str]:
     if a is None:
         return []
     stopped = "; ".join(f"{r['cfg']} after epoch {int(r['epochs_run'])} ({int(r['optimizer_steps']):,} optimizer steps, "
-                        f"best val {f3(r['best_val_acc'])})" for r in a.stopped)
+                        f"best epoch-end val {f3(r['best_val_acc'])})" for r in a.stopped)
     per = ", ".join(f"b{r['batch_size']}: {r['stopped']} of {r['n']} stopped, {r['epochs']:.1f} epochs on average, "
                     f"{r['steps_per_epoch']:,.0f} steps per epoch" for r in a.by_batch)
     s = (f"- **Early stopping (ASHA)**: {len(a.stopped)} of {len(an.main)} trials were stopped early: {stopped}. "
@@ -103,7 +103,7 @@ def _tests(b) -> str:
 def _gaps(p) -> str:
     return (f"accuracy {sgn(p.acc[0])} [{sgn(p.acc[1])}, {sgn(p.acc[2])}] (Holm-adjusted p = {pval(p.p_acc)}, "
             f"{p.acc_verdict}), mean test NLL {sgn(p.nll[0])} [{sgn(p.nll[1])}, {sgn(p.nll[2])}] (Holm-adjusted p = "
-            f"{pval(p.p_nll)}, {p.nll_verdict}); paired bootstrap 95% CIs")
+            f"{pval(p.p_nll)}, {p.nll_verdict}); paired bootstrap 95% CIs, not adjusted")
 
 
 def _wrong(p) -> str:
@@ -143,6 +143,11 @@ def steps(an) -> list[str]:
                 f"n_val = {an.n_val or 'unknown'}, since val predictions are not stored"
                 + (f"; Bonferroni-widened over each model · scheduler's measured points to {' / '.join(confs)}"
                    if confs else "") + f"). Of {len(an.steps)} adjacent-batch comparisons, ")
+    measured = [p for p in an.steps if NOT_COMPARABLE not in (p.steps.verdict, p.samples.verdict)]
+    if measured and not done:
+        s += (f"{len(measured)} have both matched points measured, but n_val is unknown, so no difference can be "
+              "judged against noise and this study cannot answer (c).")
+        return [s] + rows
     if not done:
         s += ("none has both matched points measured" + (f" ({not_steps} have no overlap in optimizer steps)" if not_steps
                                                           else "") + ", so this study cannot answer (c): evaluate val "

@@ -57,7 +57,7 @@ def _best(an: Analysis) -> list[str]:
     if b is None:
         return ["- **Best config**: no trial reported a val accuracy, so none can be selected."]
     r = b.row
-    s = (f"- **Best config** by val accuracy (selection uses val only, never test): **{b.cfg}** — val "
+    s = (f"- **Best config** by val accuracy at epoch ends (selection uses val only, never test): **{b.cfg}** — val "
          f"{f3(r['best_val_acc'])} (val loss {f3(r['best_val_loss'])}), test {f3(r['test_acc'])}"
          + (f" over {r['n']} runs" if r["n"] > 1 else "") + ".")
     if b.tied_on_val:
@@ -154,7 +154,7 @@ def _figures_and_tables(an: Analysis) -> list[str]:
              "epochs": f"{int(r['epochs_run'])}/{int(r['epochs_planned'])}" if r["epochs_run"] == r["epochs_run"]
              and r["epochs_planned"] == r["epochs_planned"] else "–",
              "stopped early": "yes" if r["stopped_early"] else "no",
-             "best val acc": f3(r["best_val_acc"]),
+             "best val acc (epoch end)": f3(r["best_val_acc"]),
              "test acc [95% CI]": f"{f3(r['test_acc'])} [{f3(r['test_acc_lo'])}, {f3(r['test_acc_hi'])}]",
              "test loss": f3(r["test_loss"]), "ECE": f3(r["test_ece"]), "confidence": f3(r["test_confidence"]),
              "collapsed": r["collapse_kind"] or "no"}
@@ -190,7 +190,9 @@ def _search(an: Analysis) -> list[str]:
 
 def _rules(an: Analysis) -> list[str]:
     return ["## Rules used", "",
-            "- **Selection**: best val accuracy; ties by lower best val loss, then table order. Test never selects.",
+            "- **Selection**: best val accuracy at an epoch end (the best weights and checkpoints exist only there; "
+            "evaluations inside an epoch serve the curves and (c)); ties by lower val loss, then table order. Test "
+            "never selects.",
             "- **Comparing two configs' test accuracy**: with stored predictions, exact McNemar (McNemar 1947; "
             "Dietterich 1998) decides beyond/within noise and a paired bootstrap (2,000 resamples, fixed seed) gives "
             "the 95% CI of the difference; identical answers on every example count as within noise. Without "

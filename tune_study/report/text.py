@@ -23,7 +23,8 @@ def how(c: Comparison) -> str:
         s = (f"exact McNemar on {b + cc} discordant test examples ({b} vs {cc})"
              + (f", p = {pval(c.p)}" if ok(c.p) else "")
              + (f", Holm-adjusted {pval(c.p_adj)}" if ok(c.p_adj) and c.p_adj != c.p else "")
-             + f"; paired bootstrap 95% CI of the difference [{sgn(c.lo)}, {sgn(c.hi)}]")
+             + f"; paired bootstrap 95% CI of the difference [{sgn(c.lo)}, {sgn(c.hi)}]"
+             + (", not adjusted" if ok(c.p_adj) and c.p_adj != c.p else ""))
     elif c.method == "unpaired":
         s = f"Newcombe 95% CI of the difference [{sgn(c.lo)}, {sgn(c.hi)}], unpaired: no stored predictions"
     elif c.method == "seeds":

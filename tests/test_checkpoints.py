@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from tune_study import checkpoints as ck
@@ -46,21 +47,15 @@ def test_promote_replaces_the_best_model(tmp_path):
     assert ck.best_model_epoch(tmp_path / ck.BEST_MODEL) == 3 and _epoch_of(tmp_path / ck.BEST_MODEL).endswith("3")
 
 
-def test_recover_after_crash_before_checkpoint(tmp_path):
-    """Staged epoch 3, but the resumed checkpoint's best is epoch 1: the staged model is dropped."""
+@pytest.mark.parametrize("best_epoch", [1, 3], ids=["crash_before_checkpoint", "crash_between_checkpoint_and_swap"])
+def test_recover_staged_best_model(tmp_path, best_epoch):
+    """Epoch 3 staged over epoch 1's model. Resumed from a checkpoint whose best is epoch 1 (the crash
+    came before epoch 3's checkpoint): the staged model is dropped; whose best is 3: it is promoted."""
     _model_dir(tmp_path / ck.BEST_MODEL, 1)
     _model_dir(tmp_path / ck.BEST_STAGING, 3)
-    ck.recover_best_model(tmp_path, best_epoch=1)
+    ck.recover_best_model(tmp_path, best_epoch=best_epoch)
     assert sorted(p.name for p in tmp_path.iterdir()) == [ck.BEST_MODEL]
-    assert ck.best_model_epoch(tmp_path / ck.BEST_MODEL) == 1
-
-
-def test_recover_after_crash_between_checkpoint_and_swap(tmp_path):
-    _model_dir(tmp_path / ck.BEST_MODEL, 1)
-    _model_dir(tmp_path / ck.BEST_STAGING, 3)
-    ck.recover_best_model(tmp_path, best_epoch=3)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [ck.BEST_MODEL]
-    assert ck.best_model_epoch(tmp_path / ck.BEST_MODEL) == 3
+    assert ck.best_model_epoch(tmp_path / ck.BEST_MODEL) == best_epoch
 
 
 def test_recover_a_torn_swap(tmp_path):

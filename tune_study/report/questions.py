@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .. import metrics as M
-from .analysis import ALPHA, BEYOND, N_BOOT, NOT_COMPARABLE, UNDETERMINED, WITHIN, ok
+from .analysis import ALPHA, BEYOND, N_BOOT, NOT_COMPARABLE, UNDETERMINED, WITHIN, ok, paired_arrays
 
 MAX_PAIR_SCAN = 400  # (b) tests at most this many candidate pairs (2 x 2,000 bootstrap resamples each)
 
@@ -128,8 +128,6 @@ def q_loss_vs_acc(cfg_trials: pd.DataFrame, predictions: pd.DataFrame | None) ->
     if predictions is None:
         return LossAccAnswer(False, len(cands), [], [], [(a["cfg"], b["cfg"], a["test_acc"], b["test_acc"],
                                                           a["test_loss"], b["test_loss"]) for a, b in cands])
-    from .analysis import paired_arrays
-
     conf = confidence_when_wrong(predictions, cfg_trials)
     pairs = []
     for a, b in cands[:MAX_PAIR_SCAN]:

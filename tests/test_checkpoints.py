@@ -37,40 +37,40 @@ def test_predictions_side_file(tmp_path):
     assert not (tmp_path / "b" / ck.PREDICTIONS_FILE).exists()
 
 
-def test_promote_replaces_the_best_model(tmp_path):
+def test_promote_keeps_the_replaced_model_until_released(tmp_path):
     _model_dir(tmp_path / ck.BEST_MODEL, 1)
     staging = ck.stage_best_model(tmp_path)
     (staging / "model.safetensors").write_text("weights of epoch 3")
     ck.mark_best_epoch(staging, 3)
     ck.promote_best_model(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [ck.BEST_MODEL]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ck.BEST_MODEL, ck.PREVIOUS]
     assert ck.best_model_epoch(tmp_path / ck.BEST_MODEL) == 3 and _epoch_of(tmp_path / ck.BEST_MODEL).endswith("3")
+    assert ck.best_model_epoch(tmp_path / ck.PREVIOUS) == 1
+    ck.release_previous_best(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ck.BEST_MODEL]
 
 
-@pytest.mark.parametrize("best_epoch", [1, 3], ids=["crash_before_checkpoint", "crash_between_checkpoint_and_swap"])
-def test_recover_staged_best_model(tmp_path, best_epoch):
-    """Epoch 3 staged over epoch 1's model. Resumed from a checkpoint whose best is epoch 1 (the crash
-    came before epoch 3's checkpoint): the staged model is dropped; whose best is 3: it is promoted."""
-    _model_dir(tmp_path / ck.BEST_MODEL, 1)
+@pytest.mark.parametrize("best_epoch", [1, 3], ids=["crash_before_checkpoint", "crash_after_checkpoint"])
+def test_recover_after_promotion(tmp_path, best_epoch):
+    """Epoch 3 put in place over epoch 1's model (kept aside). Resumed from a checkpoint whose best is
+    epoch 1 (the crash came before epoch 3's checkpoint): epoch 1's model comes back; whose best is
+    3: epoch 3's stays. Either way one folder is left."""
+    _model_dir(tmp_path / ck.PREVIOUS, 1)
+    _model_dir(tmp_path / ck.BEST_MODEL, 3)
+    ck.recover_best_model(tmp_path, best_epoch=best_epoch)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ck.BEST_MODEL]
+    assert ck.best_model_epoch(tmp_path / ck.BEST_MODEL) == best_epoch
+    assert _epoch_of(tmp_path / ck.BEST_MODEL).endswith(str(best_epoch))
+
+
+@pytest.mark.parametrize("best_epoch", [1, 3], ids=["resumed_before_3", "resumed_at_3"])
+def test_recover_a_torn_promotion(tmp_path, best_epoch):
+    """Killed between the two renames: the old model stepped aside, the new one is still staged."""
+    _model_dir(tmp_path / ck.PREVIOUS, 1)
     _model_dir(tmp_path / ck.BEST_STAGING, 3)
     ck.recover_best_model(tmp_path, best_epoch=best_epoch)
     assert sorted(p.name for p in tmp_path.iterdir()) == [ck.BEST_MODEL]
     assert ck.best_model_epoch(tmp_path / ck.BEST_MODEL) == best_epoch
-
-
-def test_recover_a_torn_swap(tmp_path):
-    """Killed between the two renames: the old model stepped aside, the staged one is still staged."""
-    _model_dir(tmp_path / (ck.BEST_MODEL + ".old"), 1)
-    _model_dir(tmp_path / ck.BEST_STAGING, 3)
-    ck.recover_best_model(tmp_path, best_epoch=3)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [ck.BEST_MODEL]
-    assert ck.best_model_epoch(tmp_path / ck.BEST_MODEL) == 3
-    # the same tear, resumed from a checkpoint that never saw epoch 3: the old one comes back
-    _model_dir(tmp_path / "b" / (ck.BEST_MODEL + ".old"), 1)
-    _model_dir(tmp_path / "b" / ck.BEST_STAGING, 3)
-    ck.recover_best_model(tmp_path / "b", best_epoch=1)
-    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [ck.BEST_MODEL]
-    assert ck.best_model_epoch(tmp_path / "b" / ck.BEST_MODEL) == 1
 
 
 def test_recover_drops_incomplete_staging_and_wrong_best_model(tmp_path):

@@ -746,7 +746,7 @@ def _best_weights(folder: Path) -> dict:
 def test_crash_before_checkpoint_keeps_best_model_with_checkpoint(tmp_path, monkeypatch):
     """A crash after a new best is found but before its epoch's checkpoint is persisted: the resumed
     trial (whose epoch 2 is not a new best this time) must hold the best model of its own best epoch,
-    not that of the lost epoch. Fails when best_model/ is written before the report."""
+    not that of the lost epoch (the best model put in place before the report is undone)."""
     calls = []
     # epoch 1 best; epoch 2 new best, then the crash; resumed epoch 2 and epoch 3: worse than epoch 1
     fake, _ = _scripted_evaluate([(0.5, 0.7), (0.9, 0.2), (0.4, 0.9), (0.4, 0.9)], calls)
@@ -767,12 +767,12 @@ def test_crash_before_checkpoint_keeps_best_model_with_checkpoint(tmp_path, monk
     ckpt1 = load_state(tmp_path / "epoch1")["model"]
     weights = _best_weights(out / "best_model")
     assert all(torch.equal(weights[k], v) for k, v in ckpt1.items())
-    assert not (out / checkpoints.BEST_STAGING).exists()
+    assert not (out / checkpoints.BEST_STAGING).exists() and not (out / checkpoints.PREVIOUS).exists()
 
 
 def test_crash_after_checkpoint_promotes_staged_best_model(tmp_path, monkeypatch):
-    """A crash after the epoch's checkpoint is persisted but before the new best model is put in
-    place: resuming from that checkpoint puts the staged model (of exactly its best epoch) in place."""
+    """A crash after the epoch's checkpoint is persisted, before its report returns: resuming from
+    that checkpoint keeps the new best model and drops the one it replaced."""
     fake, _ = _scripted_evaluate([(0.5, 0.7), (0.9, 0.2), (0.4, 0.9)], [])
     monkeypatch.setattr(training, "evaluate", fake)
     out, cfg, data = tmp_path / "trial", tiny_cfg(epochs=3, batch_size=8, micro_batch_size=8, lr=5e-3), synth_data(16)
@@ -784,9 +784,38 @@ def test_crash_after_checkpoint_promotes_staged_best_model(tmp_path, monkeypatch
 
     with pytest.raises(Crash):
         train(cfg, data=data, report=persist_then_crash_at_2, output_dir=out)
-    assert checkpoints.best_model_epoch(out / "best_model") == 1  # not yet promoted
+    assert checkpoints.best_model_epoch(out / "best_model") == 2  # in place before the report
+    assert checkpoints.best_model_epoch(out / checkpoints.PREVIOUS) == 1  # kept: the report never returned
     history = train(cfg, data=data, resume_from=tmp_path / "epoch2", output_dir=out, report=lambda m, d: None)
     assert [h["best_epoch"] for h in history] == [1, 2, 2]
     assert checkpoints.best_model_epoch(out / "best_model") == 2
     weights = _best_weights(out / "best_model")
     assert all(torch.equal(weights[k], v) for k, v in load_state(tmp_path / "epoch2")["model"].items())
+
+
+class StoppedInsideReport(BaseException):
+    """What Tune does to a trial it stops (early stopping, the last epoch): its report never returns."""
+
+
+@pytest.mark.parametrize("stop_at", [1, 2], ids=["stopped_after_first_best", "stopped_at_a_later_best"])
+def test_trial_stopped_inside_its_report_holds_its_reported_best_model(tmp_path, monkeypatch, stop_at):
+    """The trial's last report never returns; its best_model/ must already be the reported best's,
+    with no staged or previous copy depending on a later step."""
+    fake, _ = _scripted_evaluate([(0.5, 0.7), (0.9, 0.2), (0.4, 0.9)], [])
+    monkeypatch.setattr(training, "evaluate", fake)
+    out, cfg, data = tmp_path / "trial", tiny_cfg(epochs=3, batch_size=8, micro_batch_size=8, lr=5e-3), synth_data(16)
+    reported = {}
+
+    def report(metrics, ckpt):
+        reported[metrics["epoch"]] = (metrics, load_state(ckpt)["model"])
+        if metrics["epoch"] == stop_at:
+            raise StoppedInsideReport
+
+    with pytest.raises(StoppedInsideReport):
+        train(cfg, data=data, report=report, output_dir=out)
+    metrics, state = reported[stop_at]
+    assert metrics["best_epoch"] == stop_at and metrics["best_model_path"] == str(out / "best_model")
+    assert checkpoints.best_model_epoch(out / "best_model") == stop_at
+    weights = _best_weights(out / "best_model")
+    assert all(torch.equal(weights[k], v) for k, v in state.items())
+    assert not (out / checkpoints.BEST_STAGING).exists()

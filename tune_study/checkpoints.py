@@ -6,13 +6,15 @@ progress, history, predictions), ``history.json`` (the metrics so far, readable 
 ``meta.json`` (written last: the checkpoint is complete when it is there and ``state.pt`` has its size).
 
 The best model (``save_pretrained``) lives next to the checkpoints, in ``<output_dir>/best_model``
-with ``best_epoch.json`` inside. It is staged in ``best_model.tmp`` and promoted only after the
-epoch's checkpoint is persisted, so after any crash and resume the best model and the resumed
-checkpoint name the same best epoch (``recover_best_model``).
+with ``best_epoch.json`` inside. It is staged in ``best_model.tmp`` and put in place before its
+epoch's report, the model it replaces kept as ``best_model.prev`` until that report has persisted
+the checkpoint; after any crash and resume the best model and the resumed checkpoint name the same
+best epoch (``recover_best_model``).
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -25,6 +27,8 @@ from .errors import StudyError
 CHECKPOINT_FILE = "state.pt"
 PREDICTIONS_FILE = "predictions.json"
 BEST_MODEL, BEST_STAGING, BEST_MARKER = "best_model", "best_model.tmp", "best_epoch.json"
+
+log = logging.getLogger(__name__)
 
 
 def save_state(path: str | Path, state: dict) -> None:
@@ -86,6 +90,15 @@ def set_rng_state(s: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- the best model
+#
+# The best model must be the reported one even for a trial whose last report never returns (Tune
+# stops a trial inside ``tune.report``: an early-stopping decision, or the last epoch). So a new
+# best goes into place *before* its epoch's report, and the one it replaces steps aside as
+# ``best_model.prev`` until that report has persisted the epoch's checkpoint. Whatever the moment of
+# a crash, one of the folders holds the checkpoint's best epoch, and ``recover_best_model`` keeps it.
+
+PREVIOUS = BEST_MODEL + ".prev"
+
 
 def stage_best_model(output_dir: str | Path) -> Path:
     """An empty staging folder for a new best model; ``promote_best_model`` moves it into place."""
@@ -108,38 +121,39 @@ def best_model_epoch(folder: str | Path) -> int | None:
 
 
 def promote_best_model(output_dir: str | Path) -> None:
-    """Staging -> ``best_model``. A directory cannot replace a non-empty one in one rename, so the
-    old one steps aside first (``best_model.old``); ``recover_best_model`` finishes a torn swap."""
+    """Staging -> ``best_model``; the model it replaces stays as ``best_model.prev`` until
+    ``release_previous_best`` (the new best's checkpoint is persisted). A directory cannot replace a
+    non-empty one in one rename, hence two renames; ``recover_best_model`` settles a torn pair."""
     out = Path(output_dir)
-    old = out / (BEST_MODEL + ".old")
-    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(out / PREVIOUS, ignore_errors=True)
     if (out / BEST_MODEL).exists():
-        os.replace(out / BEST_MODEL, old)
+        os.replace(out / BEST_MODEL, out / PREVIOUS)
     os.replace(out / BEST_STAGING, out / BEST_MODEL)
-    shutil.rmtree(old, ignore_errors=True)
+
+
+def release_previous_best(output_dir: str | Path) -> None:
+    """The checkpoint naming the new best is persisted: the model it replaced is no longer needed."""
+    shutil.rmtree(Path(output_dir) / PREVIOUS, ignore_errors=True)
 
 
 def recover_best_model(output_dir: str | Path, best_epoch: int) -> None:
-    """Before training starts (fresh or resumed): make ``best_model`` agree with the checkpoint.
-
-    A crash after staging but before the checkpoint was persisted leaves a staged model of an epoch
-    the resumed checkpoint does not know: dropped. A crash after the checkpoint but before the swap
-    leaves the staged model of exactly the checkpoint's best epoch: promoted now. A best model of
-    another epoch (a run restarted from an older state) would be wrong: removed, it is rewritten at
-    the next new best."""
+    """Before training starts (fresh or resumed): make ``best_model`` the model of the checkpoint's
+    best epoch, from whichever folder holds it (``best_model``, ``best_model.prev`` after a crash
+    before the new best's checkpoint was persisted, or a staged model whose checkpoint was); every
+    other copy is removed. With no copy of that epoch (a run restarted from an older state) the
+    best model is rewritten at the next new best."""
     out = Path(output_dir)
-    old, final, staging = out / (BEST_MODEL + ".old"), out / BEST_MODEL, out / BEST_STAGING
-    if old.exists():  # torn swap: the old one stepped aside, the staged one never arrived
-        if final.exists():
-            shutil.rmtree(old)
-        else:
-            os.replace(old, final)
-    if staging.exists():
-        if best_epoch and best_model_epoch(staging) == best_epoch:
-            promote_best_model(out)
-        else:
-            shutil.rmtree(staging)
-    if final.exists() and (marked := best_model_epoch(final)) is not None and marked != best_epoch:
-        print(f"WARNING: {final}: holds epoch {marked}, the checkpoint's best is epoch {best_epoch}; "
-              "removed (written again at the next new best)", flush=True)
-        shutil.rmtree(final)
+    folders = [out / BEST_MODEL, out / PREVIOUS, out / BEST_STAGING]
+    present = [f for f in folders if f.exists()]
+    keep = next((f for f in present if best_epoch and best_model_epoch(f) == best_epoch), None)
+    if keep is None and (out / BEST_MODEL).exists() and best_model_epoch(out / BEST_MODEL) is None:
+        keep = out / BEST_MODEL  # unmarked (written by an older version): kept as is
+    for f in present:
+        if f != keep:
+            marked = best_model_epoch(f)
+            if f.name == BEST_MODEL and marked is not None:
+                log.warning("%s: holds epoch %s, the checkpoint's best is epoch %s; removed (written again "
+                            "at the next new best)", f, marked, best_epoch)
+            shutil.rmtree(f)
+    if keep is not None and keep != out / BEST_MODEL:
+        os.replace(keep, out / BEST_MODEL)

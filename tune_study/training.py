@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from . import memory
-from .checkpoints import (BEST_MODEL, load_state, mark_best_epoch, promote_best_model,
-                          recover_best_model, rng_state, save_state, set_rng_state, stage_best_model)
+from .checkpoints import (BEST_MODEL, load_state, mark_best_epoch, promote_best_model, recover_best_model,
+                          release_previous_best, rng_state, save_state, set_rng_state, stage_best_model)
 from .columns import EPOCH_COLUMNS, EVAL_COLUMNS
 from .config import resolve_config
 from .errors import StudyError
@@ -116,8 +116,8 @@ def train(config: dict, report: Callable[[dict, str | None], object] | None = No
     checkpoint_dir)`` once per epoch with a directory holding the epoch's full state (valid during the
     call; None with ``checkpoints=False``); a truthy return stops training. ``data``: ``load_tokenized``'s
     result (loaded when None). ``resume_from``: a checkpoint directory. ``output_dir`` receives
-    ``best_model/`` (``save_pretrained`` + ``best_epoch.json``), put in place once the report of its
-    epoch returns. ``memory_cap``: this process's share of the GPU (``cap_gpu_memory``)."""
+    ``best_model/`` (``save_pretrained`` + ``best_epoch.json``), put in place before the report of its
+    epoch (the model it replaces is kept until that report returns). ``memory_cap``: this process's share of the GPU (``cap_gpu_memory``)."""
     c = resolve_config(config)
     if c["threads"]:
         torch.set_num_threads(c["threads"])
@@ -170,8 +170,9 @@ def train(config: dict, report: Callable[[dict, str | None], object] | None = No
             test, seconds = _timed(_evaluate_aside, model, test_split, eval_bs, autocast, device)
             eval_s += seconds
             run["best"], run["predictions"] = _best_record(epoch + 1, evals[-1], test)
-            if output_dir:
+            if output_dir:  # in place before the report: Tune may stop the trial inside it
                 _stage_best_model(model, c["model"], output_dir, epoch + 1)
+                promote_best_model(output_dir)
 
         metrics = _epoch_metrics(epoch + 1, evals, run, facts, {
             "lr": scheduler.get_last_lr()[0], "samples_per_s": n_train / epoch_time, "epoch_train_s": epoch_time,
@@ -181,10 +182,10 @@ def train(config: dict, report: Callable[[dict, str | None], object] | None = No
         run.update(epoch=epoch + 1, micro_batch_size=m)
         run["history"].append(metrics)
         stop = _report(report, metrics, checkpoints and (lambda: _state(model, optimizer, scheduler, run)))
-        # Only now, with the epoch's checkpoint persisted by ``report``: a crash before this line
-        # resumes from a checkpoint that agrees with the best model in place (recover_best_model).
+        # Only now, with the epoch's checkpoint persisted by ``report``, may the replaced best model
+        # go: a crash before this line resumes from the older checkpoint, whose best it is.
         if new_best and output_dir:
-            promote_best_model(output_dir)
+            release_previous_best(output_dir)
         if stop:
             break
     return run["history"]
@@ -326,7 +327,7 @@ def _report(report, metrics: dict, state) -> object:
 
 
 def _stage_best_model(model, model_name: str, output_dir, epoch: int) -> None:
-    """The new best weights (and tokenizer) into the staging folder; promoted after the report."""
+    """The new best weights (and tokenizer) into the staging folder, then marked complete."""
     staging = stage_best_model(output_dir)
     model.save_pretrained(staging)
     _save_tokenizer(model_name, staging)

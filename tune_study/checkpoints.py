@@ -26,6 +26,7 @@ from .errors import StudyError
 
 CHECKPOINT_FILE = "state.pt"
 PREDICTIONS_FILE = "predictions.json"
+PRUNED_MARKER = "pruned.json"   # in a checkpoint whose state.pt was removed when its trial finished
 BEST_MODEL, BEST_STAGING, BEST_MARKER = "best_model", "best_model.tmp", "best_epoch.json"
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,9 @@ def checkpoint_epoch(path: str | Path) -> int | None:
 def load_state(path: str | Path) -> dict:
     f = Path(path) / CHECKPOINT_FILE
     if not f.exists():
+        if (Path(path) / PRUNED_MARKER).exists():
+            raise StudyError(f"checkpoint {path}: its training state was removed when the trial finished "
+                             "(keep_when_finished: best_model); a finished trial is never resumed")
         raise StudyError(f"checkpoint {path}: no {CHECKPOINT_FILE} in it (partial checkpoint)")
     try:
         # weights_only: a checkpoint is data; never run an unpickler that can execute code.

@@ -159,6 +159,10 @@ class Study(Strict):
         2, description="retries of a crashed trial from its last checkpoint")
     checkpoints_to_keep: Annotated[int, Field(ge=1, le=2), expect("1 or 2 (disk stays bounded)")] = Field(
         2, description="model checkpoints kept per trial (1 or 2)")
+    keep_when_finished: Annotated[Literal["best_model", "checkpoints"], expect("best_model or checkpoints")] = Field(
+        "best_model", description="what a finished trial keeps besides its exports' small files: best_model "
+        "(its checkpoints' training state is deleted: only --resume of an unfinished trial could use it) or "
+        "checkpoints (all of them, as checkpoints_to_keep says)")
     storage_path: Annotated[str | None, expect("a path or URI")] = Field(
         None, description="where Ray keeps the experiment (a directory or a pyarrow URI); default: the "
         "study folder")
@@ -229,7 +233,11 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise StudyError(f"{path}: study file not found")
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise StudyError(f"{path}: not a text file (byte {e.start} is not UTF-8): a study file is YAML") from None
+    except OSError as e:
+        raise StudyError(f"{path}: cannot read the study file: {e.strerror or e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -15,8 +15,8 @@ import warnings
 
 from .errors import EXIT_BAD_INPUT, StudyError
 from .config import load_space
-from .study import (check_study_dir, create_study_dir, options_from_args, representative_configs, run_study,
-                    study_parser, study_paths, tokenize_for_study)
+from .study import options_from_args, representative_configs, run_study, study_parser, tokenize_for_study
+from .study_folder import open_study_folder
 
 
 def parser():
@@ -33,14 +33,11 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         study = load_space(args.space, kind="grid")
-        study_dir, _ = study_paths(args.results_dir, study)
-        check_study_dir(study_dir, args.resume)
-        if args.resume:  # the study's own copy decides what is being finished
-            study = load_space(study_dir / "space.yaml", kind="grid")
-        # Load and tokenize before anything is written: bad data is an input error, not a crash.
-        datasets = tokenize_for_study(study, representative_configs(study))
-        if not args.resume:
-            create_study_dir(study_dir, args.space)
+        # Folder checks, the driver lock (held until the study ends), the study as run on
+        # --resume, then the data: loaded and tokenized before anything is written.
+        study, _, lock, datasets = open_study_folder(
+            study, args, lambda f: load_space(f, kind="grid"),
+            lambda s: tokenize_for_study(s, representative_configs(s)))
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -50,6 +47,8 @@ def main(argv=None) -> int:
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    finally:
+        lock.release()   # (process death releases it too)
 
 
 if __name__ == "__main__":

@@ -160,3 +160,15 @@ def load_model(name: str, num_labels: int = 2, attn_implementation: str | None =
 
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+@functools.lru_cache(maxsize=None)
+def parameter_count(name: str) -> int:
+    """The classifier's parameters, from its config alone (built on the meta device: no weights are
+    read or allocated), for sizing a study's disk before it starts."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    cfg = _random_config(name) if name in RANDOM else AutoConfig.from_pretrained(resolve(name), num_labels=2)
+    with torch.device("meta"):
+        return count_parameters(AutoModelForSequenceClassification.from_config(cfg))

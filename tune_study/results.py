@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .files import write_atomically
 from .columns import (AXIS_ORDER, EVAL_COLUMNS, HISTORY, HISTORY_COLUMNS, PREDICTION_COLUMNS, PREDICTIONS, STAGES,
                       TRIAL_COLUMNS, TRIALS)
 
@@ -174,9 +175,9 @@ def export(result_grids, study: dict, out_dir: str | Path) -> tuple[pd.DataFrame
                                               ignore_index=True) for i in range(3))
     out = Path(out_dir)
     tables = [(TRIALS, trials), (HISTORY, history)] + ([(PREDICTIONS, predictions)] if len(predictions) else [])
-    for name, df in tables:
-        df.to_csv(out / f"{name}.csv", index=False)
-        df.to_parquet(out / f"{name}.parquet", index=False)
+    for name, df in tables:  # a full disk leaves the previous exports whole
+        write_atomically(out / f"{name}.csv", lambda tmp: df.to_csv(tmp, index=False))
+        write_atomically(out / f"{name}.parquet", lambda tmp: df.to_parquet(tmp, index=False))
     return trials, history
 
 

@@ -27,8 +27,8 @@ import warnings
 from pathlib import Path
 
 from .errors import EXIT_BAD_INPUT, StudyError
-from .study import (check_study_dir, create_study_dir, options_from_args, representative_configs, run_study,
-                    study_parser, study_paths, tokenize_for_study)
+from .study import options_from_args, representative_configs, run_study, study_parser, tokenize_for_study
+from .study_folder import open_study_folder
 from .config import TRAIN_DEFAULTS, load_space, read_yaml
 
 SEARCH_METRIC = "best_val_acc"   # what TPE maximises: a trial's best val acc over its epochs
@@ -267,14 +267,8 @@ def main(argv=None) -> int:
     try:
         study = load_search_space(args.space)
         points = points_from_grid(args.from_grid, study) if args.from_grid else []
-        study_dir, _ = study_paths(args.results_dir, study)
-        check_study_dir(study_dir, args.resume)
-        if args.resume:  # the study's own copy decides what is being finished
-            study = load_search_space(study_dir / "space.yaml")
-        # Load and tokenize before anything is written: bad data is an input error, not a crash.
-        datasets = tokenize_for_study(study, representative_configs(study))
-        if not args.resume:
-            create_study_dir(study_dir, args.space)
+        study, study_dir, lock, datasets = open_study_folder(
+            study, args, load_search_space, lambda s: tokenize_for_study(s, representative_configs(s)))
         if args.resume:
             if args.from_grid:
                 print("--from-grid: note: a resumed search keeps its own searcher state; "
@@ -295,6 +289,8 @@ def main(argv=None) -> int:
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    finally:
+        lock.release()   # (process death releases it too)
 
 
 if __name__ == "__main__":

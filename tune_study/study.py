@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -26,6 +27,10 @@ from .errors import StudyError
 from .ray_setup import init_ray, keep_alive, print_dashboard, resources_for
 from .results import EXPERIMENT, REPEAT_EXPERIMENT, console_table, export, load_result_grid
 from .config import epochs_of, grid_size
+from .study_folder import study_paths
+from .trial_files import is_out_of_space, print_disk_estimate
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -70,50 +75,6 @@ def study_parser(prog: str, default_space: str, description: str) -> argparse.Ar
 
 def options_from_args(args) -> StudyOptions:
     return StudyOptions(**{k: getattr(args, k) for k in StudyOptions.__dataclass_fields__})
-
-
-# ----------------------------------------------------------------------------- folders
-
-def study_paths(results_dir: str, study: dict) -> tuple[Path, str]:
-    """(local study folder, Ray storage path: the study folder or the YAML's storage_path URI/dir)."""
-    study_dir = Path(results_dir).expanduser().resolve() / study["name"]
-    storage = study["storage_path"]
-    if storage is None:
-        storage = str(study_dir)
-    elif "://" not in storage:
-        storage = str(Path(storage).expanduser().resolve() / study["name"])
-    else:
-        storage = storage.rstrip("/") + "/" + study["name"]
-    return study_dir, storage
-
-
-def check_study_dir(study_dir: Path, resume: bool) -> None:
-    """Refuse to clobber a study, to resume a missing one, or to write where we can't. Writes nothing."""
-    if resume:
-        if not (study_dir / "space.yaml").exists():
-            raise StudyError(f"--resume: no study at {study_dir} (nothing to resume; run without --resume)")
-        return
-    if study_dir.exists() and (not study_dir.is_dir() or any(study_dir.iterdir())):
-        raise StudyError(f"study folder {study_dir} already exists: add --resume to finish it, "
-                         f"or pick another --results-dir or study name (nothing was overwritten)")
-    ancestor = study_dir.parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise StudyError(f"--results-dir: cannot write to {study_dir.parent}: {ancestor} is not a directory")
-    try:
-        with tempfile.TemporaryFile(dir=ancestor):
-            pass
-    except OSError as e:
-        raise StudyError(f"--results-dir: cannot write to {study_dir.parent}: {e.strerror or e}") from e
-
-
-def create_study_dir(study_dir: Path, space_path: str | Path) -> None:
-    try:
-        study_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(space_path, study_dir / "space.yaml")
-    except OSError as e:
-        raise StudyError(f"--results-dir: cannot write to {study_dir}: {e.strerror or e}") from e
 
 
 # ----------------------------------------------------------------------------- data
@@ -173,7 +134,7 @@ def trainable(config: dict, datasets: dict | None = None, experiment_dir: str | 
     import ray
     from ray import tune
 
-    from .checkpoints import checkpoint_epoch
+    from .checkpoints import checkpoint_epoch, release_previous_best
     from .memory import cap_gpu_memory
     from .models import tokenizer_id
     from .config import TRAIN_DEFAULTS
@@ -194,7 +155,13 @@ def trainable(config: dict, datasets: dict | None = None, experiment_dir: str | 
         extra = {"node_id": node, "gpu_share": gpu_share}
         if persisted and metrics.get("best_model_path"):
             extra["best_model_path"] = persisted  # not the staging folder, which goes with the node
-        tune.report({**metrics, **extra}, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
+        try:
+            tune.report({**metrics, **extra}, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
+        except SystemExit:
+            # Tune stops a trial (early stopping, its last epoch) by raising SystemExit inside
+            # report, after persisting its checkpoint: the best model it replaced is not needed.
+            release_previous_best(trial_dir)
+            raise
 
     local = experiment_dir is not None and Path(experiment_dir).is_dir()
     trial_dir = Path(experiment_dir) / ctx.get_trial_name() if local else Path(ctx.get_trial_dir())
@@ -219,8 +186,8 @@ def trainable(config: dict, datasets: dict | None = None, experiment_dir: str | 
                         checkpoint=tune.Checkpoint.from_directory(tmp / "ckpt"))
             resume = newest
         elif resume is None and any(trial_dir.glob("checkpoint_*")):
-            print(f"WARNING: {trial_dir}: no complete checkpoint (torn by an interrupted write); "
-                  "this trial starts again from epoch 0", flush=True)
+            log.warning("%s: no complete checkpoint (torn by an interrupted write); this trial starts "
+                        "again from epoch 0", trial_dir)
         train(config, report=report, data=data, resume_from=resume, output_dir=trial_dir, memory_cap=memory_cap)
 
 
@@ -259,6 +226,8 @@ def _tuner(study, trainable_, exp_path, storage, name, param_space, *, search_al
     from ray import tune
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig
 
+    from .callbacks import SettleFinishedTrials
+
     if resume and tune.Tuner.can_restore(exp_path):
         print(f"resuming {exp_path}")
         return tune.Tuner.restore(exp_path, trainable_, resume_unfinished=True, resume_errored=True)
@@ -278,6 +247,7 @@ def _tuner(study, trainable_, exp_path, storage, name, param_space, *, search_al
         run_config=RunConfig(
             name=name, storage_path=storage, progress_reporter=reporter, verbose=1,
             checkpoint_config=CheckpointConfig(num_to_keep=study["checkpoints_to_keep"]),
+            callbacks=[SettleFinishedTrials(study["keep_when_finished"])],
             failure_config=FailureConfig(max_failures=study["max_failures"]),
             # the best model is an artifact of the trial folder: persisted to remote storage too
             sync_config=tune.SyncConfig(sync_artifacts=True)))
@@ -328,39 +298,54 @@ def run_study(study: dict, options, param_space: dict, search_alg=None, num_samp
 
         exp_path, rep_path = f"{storage}/{EXPERIMENT}", f"{storage}/{REPEAT_EXPERIMENT}"
         repeat = study.get("repeat")
+        print_disk_estimate(study, n_trials + (repeat["top"] * len(repeat["seeds"]) if repeat else 0), conc, storage,
+                            [c["model"] for c in representative_configs(study)])
         t0 = time.time()
-        if options.resume and repeat and tune.Tuner.can_restore(rep_path):
-            result_grid = load_result_grid(exp_path)  # the first stage finished before the repeats began
-        else:
-            epochs = epochs_of(study)
-            es = study["early_stopping"]
-            scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=epochs,
-                                       grace_period=min(es["grace_period"], epochs),
-                                       reduction_factor=es["reduction_factor"]) if es else None)
-            space = {**param_space}
-            if "threads" not in space and not study["fixed"].get("threads"):
-                space["threads"] = threads
-            tuner = _tuner(study, make_trainable(exp_path), exp_path, storage, EXPERIMENT, space,
-                           search_alg=search_alg, num_samples=num_samples, conc=conc, scheduler=scheduler,
-                           resume=options.resume)
-            result_grid = _fit(tuner, exp_path)
-        grids = [(kind, result_grid)]
-        trials, _ = export(grids, study, study_dir)
-        if repeat and not _unfinished(trials):
-            restoring = options.resume and tune.Tuner.can_restore(rep_path)
-            points = [] if restoring else repeat_points(result_grid, repeat)
-            if restoring or points:
-                print(f"repeat: the top {repeat['top']} configs x seeds {repeat['seeds']}, no early stopping")
-                # the points name every key, so the space must too (each point's values replace its)
-                tuner = _tuner(study, make_trainable(rep_path), rep_path, storage, REPEAT_EXPERIMENT,
-                               dict(points[0]) if points else {},
-                               search_alg=BasicVariantGenerator(points_to_evaluate=points),
-                               num_samples=len(points), conc=conc, scheduler=None, resume=options.resume)
-                grids.append(("repeat", _fit(tuner, rep_path)))
-                trials, _ = export(grids, study, study_dir)
+        try:
+            if options.resume and repeat and tune.Tuner.can_restore(rep_path):
+                result_grid = load_result_grid(exp_path)  # the first stage finished before the repeats began
+            else:
+                epochs = epochs_of(study)
+                es = study["early_stopping"]
+                scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=epochs,
+                                           grace_period=min(es["grace_period"], epochs),
+                                           reduction_factor=es["reduction_factor"]) if es else None)
+                space = {**param_space}
+                if "threads" not in space and not study["fixed"].get("threads"):
+                    space["threads"] = threads
+                tuner = _tuner(study, make_trainable(exp_path), exp_path, storage, EXPERIMENT, space,
+                               search_alg=search_alg, num_samples=num_samples, conc=conc, scheduler=scheduler,
+                               resume=options.resume)
+                result_grid = _fit(tuner, exp_path)
+            grids = [(kind, result_grid)]
+            trials, _ = export(grids, study, study_dir)
+            if repeat and not _unfinished(trials):
+                restoring = options.resume and tune.Tuner.can_restore(rep_path)
+                points = [] if restoring else repeat_points(result_grid, repeat)
+                if restoring or points:
+                    print(f"repeat: the top {repeat['top']} configs x seeds {repeat['seeds']}, no early stopping")
+                    # the points name every key, so the space must too (each point's values replace its)
+                    tuner = _tuner(study, make_trainable(rep_path), rep_path, storage, REPEAT_EXPERIMENT,
+                                   dict(points[0]) if points else {},
+                                   search_alg=BasicVariantGenerator(points_to_evaluate=points),
+                                   num_samples=len(points), conc=conc, scheduler=None, resume=options.resume)
+                    grids.append(("repeat", _fit(tuner, rep_path)))
+                    trials, _ = export(grids, study, study_dir)
+        except Exception as e:
+            if not is_out_of_space(e):
+                raise
+            # What finished is exported (from the experiment's files) if the disk allows it.
+            with contextlib.suppress(Exception):
+                export([(kind, load_result_grid(exp_path))], study, study_dir)
+            print(f"error: out of disk space (ENOSPC) under {study_dir} (storage {storage}): "
+                  f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}; the finished trials are "
+                  "exported as far as space allowed; free space, then run the same command with --resume",
+                  file=sys.stderr)
+            return 1
         wall = time.time() - t0
         print(f"\n{kind} '{study['name']}': {len(trials)} trials in {wall:.0f} s; exports in {study_dir}")
         print(console_table(trials, list(study["axes"])))
+        report_error = None
         if not options.no_report:
             try:
                 from .report import build_report
@@ -368,8 +353,9 @@ def run_study(study: dict, options, param_space: dict, search_alg=None, num_samp
                 build_report(study_dir)
                 print(f"report: {study_dir / 'report.md'}")
             except Exception as e:  # the exports are written; a report problem must not sink the study
-                print(f"WARNING: the report failed ({type(e).__name__}: {e}); the exports are complete. "
-                      f"Retry with: python -m tune_study.report {study_dir}")
+                report_error = e
+                log.warning("the report failed (%s: %s); the exports are complete. Retry with: "
+                            "python -m tune_study.report %s", type(e).__name__, e, study_dir)
         n_err = int((trials["status"] == "ERROR").sum()) if len(trials) else 0
         unfinished = _unfinished(trials)
         if unfinished:
@@ -377,7 +363,13 @@ def run_study(study: dict, options, param_space: dict, search_alg=None, num_samp
         sys.stdout.flush()
         if options.keep_alive:
             keep_alive(ctx)
-        return 1 if n_err or unfinished else 0
+        no_space = int(trials["error"].fillna("").map(is_out_of_space).sum()) if len(trials) else 0
+        if no_space or is_out_of_space(report_error):
+            # the last line, where a user looks first: a full disk is named, with the folder
+            print(f"error: out of disk space (ENOSPC) under {study_dir} (storage {storage}): {no_space} "
+                  f"trial(s) stopped{' and the report failed' if report_error else ''}; the finished trials "
+                  "are exported; free space, then run the same command with --resume", file=sys.stderr)
+        return 1 if n_err or unfinished or no_space or is_out_of_space(report_error) else 0
     finally:
         if owned:
             ray.shutdown()

@@ -3,6 +3,7 @@ and determinism. Studies run in a subprocess (its own Ray, in its own RAY_TMPDIR
 started can be found and stopped) and resume in this process."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -18,7 +19,7 @@ import torch
 
 from driver_procs import kill_tree, ray_procs
 from tune_study import grid
-from tune_study.checkpoints import checkpoint_epoch
+from tune_study.checkpoints import PRUNED_MARKER, checkpoint_epoch
 from tune_study.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +31,8 @@ def _crash_once_hook():
     """Ray worker setup hook (installed by this test module, not by product code). While the file
     ``armed`` exists in the flag folder, the first batch-8 constant trial raises once right after its
     epoch-1 report (its checkpoint exists); if ``armed`` says "corrupt", it first tears that
-    checkpoint's state.pt, as a crash in mid-write would."""
+    checkpoint's state.pt, as a crash in mid-write would; if it says "enospc", every attempt of that
+    trial fails at its first report with OSError(ENOSPC), as on a full disk."""
     import tune_study.study as study
 
     flag_dir = os.environ.get(CRASH_FLAG)
@@ -44,8 +46,14 @@ def _crash_once_hook():
         real_tune_report = tune.report
 
         def report(metrics, checkpoint=None):
-            real_tune_report(metrics, checkpoint=checkpoint)
+            import errno
+
             armed = os.path.join(flag_dir, "armed")
+            if os.path.exists(armed) and open(armed).read() == "enospc" and config["batch_size"] == 8 \
+                    and config["scheduler"] == "constant":
+                # a full disk: every attempt fails writing its first checkpoint
+                raise OSError(errno.ENOSPC, "No space left on device", os.path.join(params["experiment_dir"], "x"))
+            real_tune_report(metrics, checkpoint=checkpoint)
             if os.path.exists(armed) and metrics["epoch"] == 1 and config["batch_size"] == 8 \
                     and config["scheduler"] == "constant":
                 try:  # exactly once across all processes
@@ -104,14 +112,21 @@ def _start_study(results: Path, ray_tmp: str) -> subprocess.Popen:
 
 
 def _checkpoint_epochs(study_dir: Path) -> dict[str, int]:
-    """Per trial folder: the latest epoch with a complete checkpoint on disk."""
+    """Per trial folder: the latest epoch with a complete checkpoint on disk (a finished trial's
+    checkpoints count too, although their training state was removed: keep_when_finished)."""
     out = {}
     for trial in (study_dir / "tune").glob("tiny-bert_*"):
         # complete checkpoints only: one torn by the kill is not a checkpoint
-        done = [e for c in trial.glob("checkpoint_*") if (e := checkpoint_epoch(c))]
+        done = [e for c in trial.glob("checkpoint_*") if (e := checkpoint_epoch(c) or _pruned_epoch(c))]
         if done:
             out[trial.name.rsplit("_", 1)[-1]] = max(done)
     return out
+
+
+def _pruned_epoch(checkpoint: Path) -> int | None:
+    if not (checkpoint / PRUNED_MARKER).exists():
+        return None
+    return json.loads((checkpoint / "meta.json").read_text())["epoch"]
 
 
 MOMENTS = {
@@ -197,6 +212,34 @@ def test_corrupt_checkpoint_gives_clear_error(ray_cluster, tmp_path):
     assert bad.error.str.contains("corrupt").all(), bad.error.tolist()
     history = pd.read_parquet(tmp_path / "smoke" / "history.parquet")
     assert list(history[history.trial_id == bad.trial_id.iloc[0]].epoch) == [1]  # no restart from 0
+
+
+def test_full_disk_is_named_and_resume_finishes(ray_cluster, tmp_path, capsys):
+    """A trial that cannot write (ENOSPC, every retry): the study ends with the full disk named in
+    its last line, the finished trials exported; --resume after space is freed finishes it."""
+    flag_dir = ray_cluster
+    (flag_dir / "armed").write_text("enospc")
+    try:
+        rc = grid.main(["--space", str(SMOKE), "--results-dir", str(tmp_path), "--no-report"])
+    finally:
+        (flag_dir / "armed").unlink()
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    study_dir = tmp_path / "smoke"
+    assert rc == 1
+    assert last.startswith("error: out of disk space (ENOSPC) under " + str(study_dir)), last
+    assert "1 trial(s) stopped" in last and "--resume" in last
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    full = (trials.batch_size == 8) & (trials.scheduler == "constant")
+    assert (trials[full].status == "ERROR").all() and (trials[~full].status == "TERMINATED").all()
+
+    rc = grid.main(["--space", str(SMOKE), "--results-dir", str(tmp_path), "--resume", "--no-report"])
+    assert rc == 0
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    assert len(trials) == 4 and (trials.status == "TERMINATED").all()
+    history = pd.read_parquet(study_dir / "history.parquet")
+    for t in trials.itertuples():
+        assert list(history[history.trial_id == t.trial_id].sort_values("epoch").epoch) == list(
+            range(1, t.epochs_run + 1))
 
 
 def test_same_seed_same_history():

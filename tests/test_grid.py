@@ -1,6 +1,7 @@
 """The grid study through Ray Tune, on the smoke study (tiny-bert, 4 trials, CPU)."""
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -59,7 +60,14 @@ def test_smoke_study_end_to_end(smoke_study):
         assert t.samples_per_s > 0 and t.wall_time_s > 0
         assert t.accumulation_steps == math.ceil(t.batch_size / t.micro_batch_size)
         assert t.stopped_early == (t.epochs_run < study["fixed"]["epochs"])
-        assert (Path(t.best_model_path) / "config.json").exists()
+        best = Path(t.best_model_path)
+        assert (best / "config.json").exists()
+        # the saved best model is the reported one: ASHA stops every trial inside a report (early, or
+        # at max_t in its last epoch), which never returns
+        assert json.loads((best / "best_epoch.json").read_text())["epoch"] == t.best_epoch
+        assert not (best.parent / "best_model.prev").exists() and not (best.parent / "best_model.tmp").exists()
+        # keep_when_finished: best_model (the default): no training state left in a finished trial
+        assert list(best.parent.glob("checkpoint_*")) and not list(best.parent.glob("checkpoint_*/state.pt"))
     history = pd.read_parquet(study_dir / "history.parquet")
     assert len(history) == trials.epochs_run.sum()
     assert {"train_loss", "val_loss", "val_acc", "lr", "optimizer_steps", "samples_seen"} <= set(history.columns)

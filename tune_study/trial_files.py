@@ -80,9 +80,13 @@ class DiskEstimate:
     end_gb: float            # what it holds when every trial has finished
 
     def line(self, n_trials: int, keep: int, when_finished: str) -> str:
-        return (f"disk: about {self.peak_gb:.1f} GB at most, {self.end_gb:.1f} GB at the end, for {n_trials} "
-                f"trials (a checkpoint {self.checkpoint_gb:.2f} GB x {keep} kept per trial, a best model "
-                f"{self.best_model_gb:.2f} GB; keep_when_finished: {when_finished})")
+        return (f"disk: about {_size(self.peak_gb)} at most, {_size(self.end_gb)} at the end, for {n_trials} "
+                f"trials (a checkpoint {_size(self.checkpoint_gb)} x {keep} kept per trial, a best model "
+                f"{_size(self.best_model_gb)}; keep_when_finished: {when_finished})")
+
+
+def _size(gb: float) -> str:
+    return f"{gb:.1f} GB" if gb >= 1 else f"{gb * 1000:.0f} MB"
 
 
 def estimate_disk(n_params: int, n_trials: int, concurrent: int, checkpoints_to_keep: int,

@@ -387,3 +387,51 @@ def test_repeat_order_tie_goes_to_val_loss_not_float_rounding(tmp_path):
     assert "the order survives the seeds" in study("kept", 0.30, 0.40)
     assert "the order changes over the seeds" in study("swapped", 0.40, 0.30)
 
+
+# ----------------------------------------------------------------------------- the answer at prob_pos = 0.5
+
+def test_answer_at_exactly_half_is_the_trainers():
+    # tied logits: softmax gives exactly 0.5, and the trainer's accuracy counts that as 'negative'
+    # (torch.argmax picks index 0 on a tie); the report's per-example answers from the export must agree
+    import pandas as pd
+    import torch
+    from types import SimpleNamespace
+
+    from tune_study.evaluation import evaluate
+    from tune_study.report.analysis import paired_arrays
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, logits):
+            super().__init__()
+            self.table = logits
+
+        def forward(self, input_ids, attention_mask):
+            return SimpleNamespace(logits=self.table[input_ids[:, 0]])
+
+    logits = torch.tensor([[0.0, 0.0], [0.0, 0.0], [-1.0, 1.0], [1.0, -1.0]])
+    labels = torch.tensor([1, 0, 1, 1])
+    split = {"input_ids": torch.arange(4)[:, None], "attention_mask": torch.ones(4, 1), "labels": labels}
+    ev = evaluate(Fixed(logits), split)
+    assert ev["acc"] == 0.5  # rows 1 and 2 right: the tie is 'negative'
+    p = pd.DataFrame({"trial_id": "a", "row": range(4), "label": labels.numpy(), "prob_pos": ev["probs"][:, 1].tolist()})
+    assert p["prob_pos"].iloc[0] == 0.5
+    arr = paired_arrays(pd.concat([p, p.assign(trial_id="b")]), ["a"], ["b"])
+    assert arr["correct_a"].tolist() == [False, True, True, False] and arr["correct_a"].mean() == ev["acc"]
+
+
+def test_paired_verdict_agrees_with_accuracies_at_half(tmp_path):
+    # 'a' is right on rows 0-99 and says exactly 0.5 on the 25 label-1 rows among 100-149: by the
+    # trainer's rule those are wrong, so a's accuracy is 100/150, the same rows as 'b' right on 0-99
+    half = np.arange(N_TEST) % 2 == 1
+    half[:100] = False
+    pa = preds("a", correct_mask(100), 0.8)
+    pa.loc[half, "prob_pos"] = 0.5
+
+    def study(name, b_right):
+        ts = [trial("a", batch_size=8, best_val_acc=0.90, test_acc=100 / N_TEST),
+              trial("b", batch_size=32, best_val_acc=0.85, test_acc=int(b_right.sum()) / N_TEST)]
+        return line(report(tmp_path, name, ts, predictions=[pa, preds("b", b_right, 0.8)]), "runner-up by val")
+    same = study("same", correct_mask(100))
+    assert "within noise (identical answers on every test example" in same and "beyond noise" not in same
+    s = study("b_better", correct_mask(100) | half)  # b right on those 25 rows as well: 0 vs 25 discordant
+    assert "beyond noise" in s and "(0 vs 25)" in s

@@ -180,7 +180,7 @@ def paired_arrays(predictions: pd.DataFrame, ids_a: list, ids_b: list) -> dict |
             return None
         y = m["label"].to_numpy().astype(int)
         for p, c, ll in (("prob_pos_a", ca, la), ("prob_pos_b", cb, lb)):
-            c.append((m[p].to_numpy() >= 0.5).astype(int) == y)
+            c.append(M.says_positive(m[p].to_numpy()) == y)
             ll.append(M.nll_per_example(m[p], y))
     return {"correct_a": np.concatenate(ca), "correct_b": np.concatenate(cb),
             "nll_a": np.concatenate(la), "nll_b": np.concatenate(lb)}

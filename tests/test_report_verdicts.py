@@ -341,3 +341,97 @@ def test_steps_per_step_ahead_and_level(tmp_path):
     text = _steps_study(tmp_path, "level", lambda s: 0.8, lambda s: 0.8, evals=4)
     assert "→ within noise at both matched points." in line(text, "batch 8 vs 32")
     assert "1 within noise at both matched points" in line(text, "**(c)")
+
+
+# ----------------------------------------------------------------------------- float ties of means over seeds
+
+# Over two seeds (109 + 111) / 150 and (110 + 110) / 150 are the same mean val accuracy, but as floats
+# the first is 0.7333333333333334 and the second 0.7333333333333333: the tie must still go to val loss.
+SPREAD, FLAT = (109 / N_TEST, 111 / N_TEST), (110 / N_TEST, 110 / N_TEST)
+
+
+def test_seed_mean_tie_goes_to_val_loss_not_float_rounding(tmp_path):
+    assert np.mean(SPREAD) > np.mean(FLAT)  # the float trap this test is about
+
+    def study(name, loss_spread, loss_flat):
+        ts = [trial(f"{c}{s}", batch_size=b, seed=s, best_val_acc=v, best_val_loss=loss, test_acc=0.8)
+              for c, b, vals, loss in (("a", 8, SPREAD, loss_spread), ("b", 32, FLAT, loss_flat))
+              for s, v in enumerate(vals)]
+        return line(report(tmp_path, name, ts, axes=("model", "batch_size", "scheduler", "seed")), "**Best config**")
+    s = study("flat_wins", 0.40, 0.30)
+    assert "**minilm · constant · b32**" in s and "broken by the lower val loss" in s
+    s = study("spread_wins", 0.30, 0.40)
+    assert "**minilm · constant · b8**" in s and "broken by the lower val loss" in s
+
+
+def test_ordering_test_tie_goes_to_val_not_float_rounding(tmp_path):
+    # equal mean test accuracies over two seeds (floats differ in the last bit): the higher val acc leads
+    def study(name, val_spread, val_flat):
+        ts = [trial(f"{c}{s}", batch_size=b, seed=s, best_val_acc=val, test_acc=v)
+              for c, b, vals, val in (("a", 8, SPREAD, val_spread), ("b", 32, FLAT, val_flat))
+              for s, v in enumerate(vals)]
+        return line(report(tmp_path, name, ts, axes=("model", "batch_size", "scheduler", "seed")),
+                    "Batch-size ordering")
+    assert "batch 32 (0.733)" in study("flat_first", 0.80, 0.90)
+    assert "batch 8 (0.733)" in study("spread_first", 0.90, 0.80)
+
+
+def test_repeat_order_tie_goes_to_val_loss_not_float_rounding(tmp_path):
+    # main stage: b8 ahead of b32; over the repeat seeds their mean val accuracies tie (floats differ)
+    def study(name, loss_b8, loss_b32):
+        ts = [trial("ga", batch_size=8, best_val_acc=0.90), trial("gb", batch_size=32, best_val_acc=0.85)]
+        ts += [trial(f"r{c}{s}", batch_size=b, seed=s, stage="repeat", best_val_acc=v, best_val_loss=loss)
+               for c, b, vals, loss in (("a", 8, FLAT, loss_b8), ("b", 32, SPREAD, loss_b32))
+               for s, v in enumerate(vals)]
+        return line(report(tmp_path, name, ts), "Order of the repeated configs")
+    assert "the order survives the seeds" in study("kept", 0.30, 0.40)
+    assert "the order changes over the seeds" in study("swapped", 0.40, 0.30)
+
+
+# ----------------------------------------------------------------------------- the answer at prob_pos = 0.5
+
+def test_answer_at_exactly_half_is_the_trainers():
+    # tied logits: softmax gives exactly 0.5, and the trainer's accuracy counts that as 'negative'
+    # (torch.argmax picks index 0 on a tie); the report's per-example answers from the export must agree
+    import pandas as pd
+    import torch
+    from types import SimpleNamespace
+
+    from tune_study.evaluation import evaluate
+    from tune_study.report.analysis import paired_arrays
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, logits):
+            super().__init__()
+            self.table = logits
+
+        def forward(self, input_ids, attention_mask):
+            return SimpleNamespace(logits=self.table[input_ids[:, 0]])
+
+    logits = torch.tensor([[0.0, 0.0], [0.0, 0.0], [-1.0, 1.0], [1.0, -1.0]])
+    labels = torch.tensor([1, 0, 1, 1])
+    split = {"input_ids": torch.arange(4)[:, None], "attention_mask": torch.ones(4, 1), "labels": labels}
+    ev = evaluate(Fixed(logits), split)
+    assert ev["acc"] == 0.5  # rows 1 and 2 right: the tie is 'negative'
+    p = pd.DataFrame({"trial_id": "a", "row": range(4), "label": labels.numpy(), "prob_pos": ev["probs"][:, 1].tolist()})
+    assert p["prob_pos"].iloc[0] == 0.5
+    arr = paired_arrays(pd.concat([p, p.assign(trial_id="b")]), ["a"], ["b"])
+    assert arr["correct_a"].tolist() == [False, True, True, False] and arr["correct_a"].mean() == ev["acc"]
+
+
+def test_paired_verdict_agrees_with_accuracies_at_half(tmp_path):
+    # 'a' is right on rows 0-99 and says exactly 0.5 on the 25 label-1 rows among 100-149: by the
+    # trainer's rule those are wrong, so a's accuracy is 100/150, the same rows as 'b' right on 0-99
+    half = np.arange(N_TEST) % 2 == 1
+    half[:100] = False
+    pa = preds("a", correct_mask(100), 0.8)
+    pa.loc[half, "prob_pos"] = 0.5
+
+    def study(name, b_right):
+        ts = [trial("a", batch_size=8, best_val_acc=0.90, test_acc=100 / N_TEST),
+              trial("b", batch_size=32, best_val_acc=0.85, test_acc=int(b_right.sum()) / N_TEST)]
+        return line(report(tmp_path, name, ts, predictions=[pa, preds("b", b_right, 0.8)]), "runner-up by val")
+    same = study("same", correct_mask(100))
+    assert "within noise (identical answers on every test example" in same and "beyond noise" not in same
+    s = study("b_better", correct_mask(100) | half)  # b right on those 25 rows as well: 0 vs 25 discordant
+    assert "beyond noise" in s and "(0 vs 25)" in s

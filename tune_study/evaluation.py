@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from . import memory
+from .metrics import says_positive
 
 
 def sdpa_bert(model) -> bool:
@@ -56,7 +57,7 @@ def _evaluate(model, split: dict, batch_size: int, autocast) -> dict:
         probs.append(logits.softmax(-1))
     probs = torch.cat(probs).cpu()
     labels = split["labels"].cpu()
-    return {"loss": float(loss_sum) / n, "acc": float((probs.argmax(1) == labels).double().mean()),
+    return {"loss": float(loss_sum) / n, "acc": float((says_positive(probs[:, 1]) == labels).double().mean()),
             "probs": probs, "labels": labels}
 
 

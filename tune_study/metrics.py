@@ -11,6 +11,15 @@ if TYPE_CHECKING:
     import torch
 
 
+def says_positive(prob_pos):
+    """The model's answer from its positive-class probability (numpy array or torch tensor):
+    positive iff prob_pos > 0.5, so exactly 0.5 is negative, as torch.argmax takes the first index
+    on a tie. The trainer's accuracy and the report's per-example answers both use this one rule:
+    argmax over two float32 softmax probabilities (which need not sum to exactly 1) could differ
+    from it by a rounding step near 0.5, and prob_pos is all an export keeps."""
+    return prob_pos > 0.5
+
+
 def calibration(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict:
     """Expected calibration error over ``n_bins`` equal-width confidence bins, plus the bins.
 
@@ -21,8 +30,8 @@ def calibration(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> 
     import torch  # here, so that the report can import this module without torch's start-up cost
 
     probs = probs.double()
-    conf, pred = probs.max(dim=1)
-    correct = (pred == labels).double()
+    conf = probs.max(dim=1).values
+    correct = (says_positive(probs[:, 1]) == labels).double()
     n = len(labels)
     edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
     ece, bins = 0.0, []

@@ -8,6 +8,7 @@ A verdict is one of VERDICTS; nothing defaults to one. Comparisons of two config
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -94,6 +95,28 @@ def majority_of(trials: pd.DataFrame) -> tuple[float, bool]:
     return 0.5, False
 
 
+# ----------------------------------------------------------------------------- ranking
+
+# Accuracies are counts / n, or means of such over runs: two different ones differ by at least
+# 1 / (n * runs), far above this, while one mean summed in another order differs by ~1e-16
+# ((109 + 111) / 150 / 2 > (110 + 110) / 150 / 2 as floats). Entries closer than this are ties.
+TIE_TOL = 1e-9
+
+
+def _cmp(x: tuple, y: tuple) -> int:
+    for a, b in zip(x, y):
+        a, b = (math.inf if not ok(v) else float(v) for v in (a, b))  # missing: last
+        if not math.isclose(a, b, rel_tol=0, abs_tol=TIE_TOL):
+            return -1 if a < b else 1
+    return 0
+
+
+def rank(items: list, key) -> list:
+    """``items`` by ``key(item)`` ascending: a tuple compared entry by entry, entries within TIE_TOL
+    equal (so the next entry decides), missing ones last; full ties keep the items' order."""
+    return sorted(items, key=functools.cmp_to_key(lambda p, q: _cmp(key(p), key(q))))
+
+
 # ----------------------------------------------------------------------------- selection (val only)
 
 @dataclass
@@ -110,13 +133,13 @@ def select_best(cfgs: pd.DataFrame) -> Best | None:
     c = cfgs[cfgs["best_val_acc"].notna()].reset_index(drop=True)
     if not len(c):
         return None
-    c = c.assign(_order=range(len(c)), _loss=c["best_val_loss"].fillna(math.inf))
-    c = c.sort_values(["best_val_acc", "_loss", "_order"], ascending=[False, True, True], kind="stable")
+    c = c.assign(_loss=c["best_val_loss"].fillna(math.inf))
+    c = c.iloc[rank(list(range(len(c))), lambda i: (-c["best_val_acc"].iloc[i], c["_loss"].iloc[i]))]
     top = c.iloc[0]
-    tied = c[np.isclose(c["best_val_acc"], top["best_val_acc"], rtol=0, atol=1e-12)]
+    tied = c[np.isclose(c["best_val_acc"], top["best_val_acc"], rtol=0, atol=TIE_TOL)]
     broken = ""
     if len(tied) > 1:
-        broken = "val loss" if (tied["_loss"] > top["_loss"]).any() else "table order"
+        broken = "table order" if np.isclose(tied["_loss"], top["_loss"], rtol=0, atol=TIE_TOL).all() else "val loss"
     return Best(top["cfg"], top.to_dict(), [x for x in tied["cfg"] if x != top["cfg"]], broken)
 
 
@@ -157,7 +180,7 @@ def paired_arrays(predictions: pd.DataFrame, ids_a: list, ids_b: list) -> dict |
             return None
         y = m["label"].to_numpy().astype(int)
         for p, c, ll in (("prob_pos_a", ca, la), ("prob_pos_b", cb, lb)):
-            c.append((m[p].to_numpy() >= 0.5).astype(int) == y)
+            c.append(M.says_positive(m[p].to_numpy()) == y)
             ll.append(M.nll_per_example(m[p], y))
     return {"correct_a": np.concatenate(ca), "correct_b": np.concatenate(cb),
             "nll_a": np.concatenate(la), "nll_b": np.concatenate(lb)}
@@ -249,7 +272,7 @@ def batch_orderings(cfgs: pd.DataFrame, predictions, n_test) -> list[Ordering]:
         p = p[p["test_acc"].notna()]
         if p["batch_size"].nunique() < 2 or p["batch_size"].duplicated().any():
             continue
-        rows = p.sort_values(["test_acc", "best_val_acc"], ascending=False).to_dict("records")
+        rows = rank(p.to_dict("records"), lambda r: (-r["test_acc"], -r["best_val_acc"]))
         pairs = [(i, i + 1) for i in range(len(rows) - 1)]
         if len(rows) > 2:  # with two batch sizes the one adjacent pair is also best vs worst
             pairs.append((0, len(rows) - 1))
@@ -311,9 +334,11 @@ def order_survival(trials: pd.DataFrame, n_val: int | None) -> OrderSurvival | N
     if len(names) < 2:
         return None
     mrow = main.groupby("cfg").agg(v=("best_val_acc", "mean"), l=("best_val_loss", "mean"))
-    main_order = sorted(names, key=lambda c: (-mrow.loc[c, "v"], mrow.loc[c, "l"] if ok(mrow.loc[c, "l"]) else 0))
+    rrow = rep.groupby("cfg").agg(v=("best_val_acc", "mean"), l=("best_val_loss", "mean"))
+    # both orders as select_best ranks: val accuracy, ties (within TIE_TOL) by the lower val loss
+    main_order = rank(names, lambda c: (-mrow.loc[c, "v"], mrow.loc[c, "l"]))
+    repeat_order = rank(names, lambda c: (-rrow.loc[c, "v"], rrow.loc[c, "l"]))
     vals = {c: [float(x) for x in rep.loc[rep["cfg"] == c, "best_val_acc"]] for c in names}
-    repeat_order = sorted(names, key=lambda c: -float(np.mean(vals[c])))
     comps = []
     for a, b in zip(repeat_order, repeat_order[1:]):
         va, vb = vals[a], vals[b]

@@ -85,7 +85,7 @@ def confidence_when_wrong(predictions: pd.DataFrame, trials: pd.DataFrame) -> di
         p = g["prob_pos"].to_numpy(float)
         y = g["label"].to_numpy().astype(int)
         top = np.maximum(p, 1 - p)
-        wrong = (p >= 0.5).astype(int) != y
+        wrong = M.says_positive(p) != y
         nll = M.nll_per_example(p, y)
         out[str(tid)] = TrialConfidence(str(tid), cfg.get(tid, str(tid)), int(wrong.sum()),
                                         float(top[wrong].mean()) if wrong.any() else math.nan,
@@ -176,7 +176,7 @@ def calibration_by_scheduler(trials: pd.DataFrame, predictions: pd.DataFrame | N
         p = predictions[predictions["trial_id"].isin(set(full["trial_id"]))] if predictions is not None else None
         if p is not None and p["trial_id"].nunique() == len(full):
             pr = p["prob_pos"].to_numpy(float)
-            top, right = np.maximum(pr, 1 - pr), ((pr >= 0.5).astype(int) == p["label"].to_numpy().astype(int))
+            top, right = np.maximum(pr, 1 - pr), (M.says_positive(pr) == p["label"].to_numpy().astype(int))
             gap = M.paired_bootstrap(top, right.astype(float), N_BOOT)
             acc, conf = float(right.mean()), float(top.mean())  # the same examples as the interval
             method = "paired bootstrap over test examples"

@@ -164,7 +164,7 @@ def open_study_folder(study: dict, args, load, prepare) -> tuple[dict, Path, Dri
     checks, its driver lock, the study as run, ``prepare(study)`` (load and tokenize the data: bad
     data is an input error) and, for a new study, ``space.yaml`` and its record. Returns (study,
     study folder, the lock: held until the driver exits, prepare's result)."""
-    from .results import EXPERIMENT
+    from .results import EXPERIMENT, REPEAT_EXPERIMENT
 
     study_dir, storage = study_paths(args.results_dir, study)
     if args.resume:
@@ -175,7 +175,8 @@ def open_study_folder(study: dict, args, load, prepare) -> tuple[dict, Path, Dri
         check_study_dir(study_dir, args.resume)
         if args.resume:
             study = check_study_as_run(study_dir, load, args.space)
-            check_experiment_state(f"{storage}/{EXPERIMENT}")
+            for experiment in (EXPERIMENT, REPEAT_EXPERIMENT):
+                check_experiment_state(f"{storage}/{experiment}")
         prepared = prepare(study)
         if not args.resume:
             write_study_as_run(study_dir, args.space, study)

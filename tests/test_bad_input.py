@@ -96,6 +96,15 @@ CASES = {
                                    ["'axes.scheduler'", "cyclic"]),
     "unknown data source": grid_case(lambda t: ["--space", str(study(t, data="{source: ftp}"))],
                                      ["'fixed.data.source'", "ftp"]),
+    "unknown lr_scaling": grid_case(
+        lambda t: ["--space", str(study(t, BASE.format(name="bad", data="{}").replace("[constant]", "[constant]\n  lr_scaling: [none, cube]")))],
+        ["'axes.lr_scaling'", "cube", "sqrt"]),
+    "lr_base_batch <= 0": grid_case(
+        lambda t: ["--space", str(study(t, BASE.format(name="bad", data="{}").replace("epochs: 1", "epochs: 1\n  lr_scaling: sqrt\n  lr_base_batch: -4")))],
+        ["'fixed.lr_base_batch'", "-4"]),
+    "train: lr_scaling without a base batch": (
+        "train", lambda t: ["--model", "tiny-bert", "--batch-size", "8", "--lr-scaling", "sqrt"],
+        ["lr_base_batch", "lr_scaling sqrt"]),
     "train: lr <= 0": ("train", lambda t: ["--model", "tiny-bert", "--batch-size", "8", "--lr", "0"], ["lr", "0"]),
     "train: unknown model": ("train", lambda t: ["--model", "bert-huge"], ["bert-huge", "tiny-bert"]),
 }

@@ -167,7 +167,8 @@ def test_load_space_shape(tmp_path):
 def test_train_defaults_are_the_documented_ones():
     assert {k: v for k, v in TRAIN_DEFAULTS.items() if k != "data"} == {
         "model": "minilm", "batch_size": 16, "micro_batch_size": "auto", "lr": 5e-5, "epochs": 5,
-        "scheduler": "constant", "warmup_ratio": 0.0, "weight_decay": 0.0, "max_len": 128, "seed": 0,
+        "scheduler": "constant", "warmup_ratio": 0.0, "weight_decay": 0.0, "lr_scaling": "none",
+        "lr_base_batch": None, "beta2_scaling": "none", "max_len": 128, "seed": 0,
         "precision": "auto", "max_grad_norm": None, "eval_batch_size": 64, "threads": None, "device": "auto",
         "compile": False, "evals_per_epoch": 1}
     assert TRAIN_DEFAULTS["data"] == {"source": "bundled", "path": None, "hub_id": "stanfordnlp/imdb",

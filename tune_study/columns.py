@@ -25,7 +25,7 @@ EVAL_COLUMNS = ["epoch", "epoch_end", "optimizer_steps", "samples_seen", "train_
 
 # Reported at each epoch's end (the rows of history with epoch_end True carry them too).
 EPOCH_COLUMNS = [
-    "lr", "samples_per_s", "epoch_train_s", "eval_s", "train_time_s",
+    "lr", "lr_peak", "beta2", "samples_per_s", "epoch_train_s", "eval_s", "train_time_s",
     "best_epoch", "best_val_acc", "best_val_loss",
     "test_acc", "test_loss", "test_nll", "test_ece", "test_confidence", "test_reliability",
     "micro_batch_size", "accumulation_steps", "oom_halvings", "peak_mem_gib", "precision", "device",
@@ -37,14 +37,15 @@ EPOCH_COLUMNS = [
 RUNNER_COLUMNS = ["node_id", "gpu_share", "replayed", "from_checkpoint", "time_this_iter_s", "time_total_s"]
 
 # The history table: trial id, its axes (added by results), then these.
-HISTORY_COLUMNS = [*EVAL_COLUMNS, "lr", "samples_per_s", "epoch_train_s", "eval_s", "best_epoch", "best_val_acc",
-                   "test_acc", "test_loss", "test_ece", "test_confidence", "micro_batch_size",
-                   "accumulation_steps", "oom_halvings", "peak_mem_gib", "resumed_from_epoch",
+HISTORY_COLUMNS = [*EVAL_COLUMNS, "lr", "lr_peak", "beta2", "samples_per_s", "epoch_train_s", "eval_s",
+                   "best_epoch", "best_val_acc", "test_acc", "test_loss", "test_ece", "test_confidence",
+                   "micro_batch_size", "accumulation_steps", "oom_halvings", "peak_mem_gib", "resumed_from_epoch",
                    "replayed", "from_checkpoint", "time_this_iter_s", "time_total_s"]
 
 # The trials table, after the trial id, stage and axes.
 TRIAL_COLUMNS = [
     "status", "stopped_early", "epochs_run", "epochs_planned", "optimizer_steps", "samples_seen",
+    "lr_peak", "beta2",  # AdamW's peak lr and beta2 as the trial used them (scaled with its batch, if asked)
     "best_epoch", "best_val_acc", "best_val_loss", "test_acc", "test_loss", "test_nll", "test_ece",
     "test_confidence", "test_reliability", "samples_per_s", "wall_time_s", "best_model_path",
     "micro_batch_size", "accumulation_steps", "peak_mem_gib", "oom_halvings", "device", "gpu_share",

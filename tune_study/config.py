@@ -24,6 +24,7 @@ from pydantic import (AfterValidator, BeforeValidator, Field, ValidationError, V
 from pydantic_core import PydanticCustomError
 
 from .errors import StudyError
+from .lr_scaling import BETA2_RULES, LR_RULES, with_base_batch
 from .study_sections import Axis, EarlyStopping, Repeat, Resources, axis_values, check_axes, to_early_stopping
 from .validation import PosInt, Seed, Strict, expect, explain, fail, known, none_is_empty, says, to_study_error
 
@@ -97,6 +98,15 @@ class TrainConfig(Strict):
         0.0, description="share of all optimizer steps spent warming up linearly from 0")
     weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False), expect("a number >= 0")] = Field(
         0.0, description="AdamW's decoupled weight decay")
+    lr_scaling: Annotated[Literal[LR_RULES], expect(f"one of {', '.join(LR_RULES)}")] = Field(
+        "none", description="scale lr with the effective batch: lr * (batch_size / lr_base_batch)^a, a = 0.5 "
+        "(sqrt, the square-root rule for Adam) or 1 (linear, SGD's rule; wants warmup); none: lr at every batch")
+    lr_base_batch: Annotated[PosInt | None, expect("an integer > 0 or null")] = Field(
+        None, description="the batch at which lr (and beta2) are used as given; a study that scales sets it "
+        "to its smallest batch_size (a search: the batch axis's lowest value) unless it names one")
+    beta2_scaling: Annotated[Literal[BETA2_RULES], expect(f"one of {', '.join(BETA2_RULES)}")] = Field(
+        "none", description="halflife: AdamW's beta2 = 0.999^(batch_size / lr_base_batch), which keeps the "
+        "second-moment average's half-life the same number of examples at every batch; none: 0.999")
     max_len: Annotated[int, Field(ge=8, le=512), expect("an integer in [8, 512]")] = Field(
         128, description="tokens per review (truncated / padded); the data are tokenized once per value")
     seed: Seed = Field(0, description="seed of weight init, shuffling and dropout (transformers.set_seed), "
@@ -126,6 +136,15 @@ class TrainConfig(Strict):
         if m != "auto" and b is not None and m > b:
             raise PydanticCustomError("study", f"{m} is larger than the effective batch_size {b}")
         return m
+
+    @model_validator(mode="after")
+    def _base_batch_given(self):
+        rule = next((f"{k} {getattr(self, k)}" for k in ("lr_scaling", "beta2_scaling") if getattr(self, k) != "none"),
+                    None)
+        if rule and self.lr_base_batch is None:
+            fail(("lr_base_batch",), f"{rule} scales from a base batch: give lr_base_batch (a study sets its "
+                                     "smallest batch_size)")
+        return self
 
 
 TRAIN_DEFAULTS = TrainConfig().model_dump()   # defaults are not validated: no model lookup here
@@ -188,6 +207,9 @@ class Study(Strict):
             fail(("axes", both[0]), "is both an axis and a fixed setting", axes[both[0]])
         if "data" in axes:
             fail(("axes", "data"), "data cannot be an axis: one study, one dataset", axes["data"])
+        # The base of lr / beta2 scaling is the study's smallest batch unless the file names one; it
+        # goes into fixed, so every trial's config (grid, search, repeat) carries the number it used.
+        self.fixed = fixed = with_base_batch(axes, fixed, TRAIN_DEFAULTS["batch_size"])
         if kind == "search":
             for key in ("model", "max_len"):  # the data are tokenized up front, once per (model, max_len)
                 if key in axes and isinstance(axes[key], dict) and "choice" not in axes[key]:

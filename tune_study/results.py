@@ -26,6 +26,8 @@ REPEAT_EXPERIMENT = "repeat"   # the seed repeats of the top configs, when the s
 # test_reliability (a JSON string of bins) rides along in history, though it is not one of its columns
 HISTORY_KEEP = [*HISTORY_COLUMNS, "test_reliability"]
 CONFIG_EXTRA = ["lr", "warmup_ratio", "weight_decay", "max_len"]   # trials: config values beside the axes
+# ... and, in a study that scales lr or beta2 with the batch (only there: unscaled studies keep their columns)
+SCALING_CONFIG = ["lr_scaling", "beta2_scaling", "lr_base_batch"]
 
 
 def load_result_grid(experiment_path: str):
@@ -153,6 +155,7 @@ def build_frames(result_grid, study: dict, stage: str = "grid") -> tuple[pd.Data
             "error": _error_line(result.error), "trial_path": result.path,
         })
         row.update({k: cfg.get(k) for k in CONFIG_EXTRA if k not in axes})
+        row.update({k: cfg[k] for k in SCALING_CONFIG if k in cfg and k not in axes})
         rows.append(row)
     trials = pd.DataFrame(rows)
     history = (pd.concat(hist, ignore_index=True) if hist

@@ -27,6 +27,10 @@ def main(argv=None) -> int:
     p.add_argument("--scheduler", choices=["constant", "linear", "cosine"])
     p.add_argument("--warmup-ratio", type=float)
     p.add_argument("--weight-decay", type=float)
+    p.add_argument("--lr-scaling", choices=["none", "sqrt", "linear"],
+                   help="lr * (batch / lr-base-batch)^0.5 (sqrt) or ^1 (linear)")
+    p.add_argument("--lr-base-batch", type=int, help="the batch at which --lr is used as given")
+    p.add_argument("--beta2-scaling", choices=["none", "halflife"], help="halflife: beta2 = 0.999^(batch / base)")
     p.add_argument("--max-len", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
@@ -47,7 +51,8 @@ def main(argv=None) -> int:
         flags = {"model": args.model, "batch_size": args.batch_size, "lr": args.lr, "epochs": args.epochs,
                  "scheduler": args.scheduler, "warmup_ratio": args.warmup_ratio,
                  "weight_decay": args.weight_decay, "max_len": args.max_len, "seed": args.seed,
-                 "precision": args.precision, "threads": args.threads}
+                 "precision": args.precision, "threads": args.threads, "lr_scaling": args.lr_scaling,
+                 "lr_base_batch": args.lr_base_batch, "beta2_scaling": args.beta2_scaling}
         if args.micro_batch_size is not None:
             mb = args.micro_batch_size
             flags["micro_batch_size"] = mb if mb == "auto" else int(mb)
@@ -77,7 +82,8 @@ def main(argv=None) -> int:
 
         def report(m, ckpt):
             print(f"epoch {m['epoch']}: train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  "
-                  f"val_acc {m['val_acc']:.4f}  lr {m['lr']:.2e}  steps {m['optimizer_steps']}  "
+                  f"val_acc {m['val_acc']:.4f}  lr {m['lr']:.2e} (peak {m['lr_peak']:.2e}, beta2 {m['beta2']:.4g})  "
+                  f"steps {m['optimizer_steps']}  "
                   f"{m['samples_per_s']:.1f} samples/s  | best epoch {m['best_epoch']}: "
                   f"test_acc {m['test_acc']:.4f} test_loss {m['test_loss']:.4f}  ({time.time() - t0:.0f} s)",
                   flush=True)

@@ -29,6 +29,7 @@ from .columns import EPOCH_COLUMNS, EVAL_COLUMNS
 from .config import resolve_config
 from .errors import StudyError
 from .evaluation import batch, eval_points, evaluate, on_device, sdpa_bert
+from .lr_scaling import adamw_settings
 from .metrics import calibration
 
 # ----------------------------------------------------------------------------- the update
@@ -175,8 +176,10 @@ def train(config: dict, report: Callable[[dict, str | None], object] | None = No
                 promote_best_model(output_dir)
 
         metrics = _epoch_metrics(epoch + 1, evals, run, facts, {
-            "lr": scheduler.get_last_lr()[0], "samples_per_s": n_train / epoch_time, "epoch_train_s": epoch_time,
-            "eval_s": eval_s, "micro_batch_size": m, "accumulation_steps": math.ceil(B / m),
+            # what the optimizer holds (a resumed run: its checkpoint's), not what the config asked for
+            "lr": scheduler.get_last_lr()[0], "lr_peak": scheduler.base_lrs[0],
+            "beta2": optimizer.param_groups[0]["betas"][1],
+            "samples_per_s": n_train / epoch_time, "epoch_train_s": epoch_time, "eval_s": eval_s, "micro_batch_size": m, "accumulation_steps": math.ceil(B / m),
             "peak_mem_gib": memory.peak_memory_gib(device), "resumed_from_epoch": resumed_from,
             "best_model_path": best_path if run["best"]["epoch"] else ""})
         run.update(epoch=epoch + 1, micro_batch_size=m)
@@ -242,7 +245,8 @@ def _build(c: dict, device: torch.device, total_steps: int):
     # Default mode (CUDA graphs break on HF outputs). Static shapes: the epoch's last window and its
     # remainder micro-batches get graphs of their own once, instead of turning every call dynamic.
     step_model = torch.compile(model, dynamic=False) if c["compile"] else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=c["lr"], weight_decay=c["weight_decay"],
+    lr, betas = adamw_settings(c)   # lr and beta2 scaled with the batch (lr_scaling, beta2_scaling)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=c["weight_decay"],
                                   fused=True)  # one kernel per step (CPU too), as HF Trainer's default
     sched_name = "constant_with_warmup" if c["scheduler"] == "constant" and c["warmup_ratio"] else c["scheduler"]
     scheduler = get_scheduler(sched_name, optimizer, num_warmup_steps=round(c["warmup_ratio"] * total_steps),

@@ -166,4 +166,5 @@ def test_report_from_smoke_study(tmp_path):
     text = build_report(d, log=lambda *_: None).read_text()
     assert all(_digest(d)[k] == v for k, v in before.items())
     assert "## Findings" in text and "**(c)" in text
+    assert "What could not be used" not in text  # the exports as written are used in full
     assert len(pd.read_csv(d / "test_table.csv")) == len(pd.read_parquet(d / "trials.parquet"))

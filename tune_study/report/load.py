@@ -53,9 +53,13 @@ class Study:
         return list((self.space.get("axes") or {}))
 
 
-def _why(e: Exception) -> str:
+def _why(e: Exception, f: Path | None = None) -> str:
+    """The exception's first sentence, without the path the caller names anyway (pyarrow repeats it)."""
     msg = " ".join(str(e).split())
-    return f"{type(e).__name__}: {msg[:120]}" if msg else type(e).__name__
+    if f is not None:
+        msg = msg.replace(f" '{f}'", "").replace(str(f), "")
+    msg = msg.split(". ")[0][:120]
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
 def _read_file(f: Path, name: str) -> pd.DataFrame:
@@ -81,7 +85,7 @@ def _read_table(d: Path, name: str, notices: list[str], required: bool = True) -
         try:
             read[f] = _read_file(f, name)
         except Exception as e:  # a half-written or foreign file: pyarrow, the CSV parser, or a missing column
-            failed[f] = _why(e)
+            failed[f] = _why(e, f)
     if not read:
         f = files[0]
         other = f" (and {files[1].name}: {failed[files[1]]})" if len(files) > 1 else ""
@@ -110,7 +114,7 @@ def _read_space(d: Path) -> dict:
     try:
         return read_yaml(f)
     except (UnicodeDecodeError, OSError) as e:  # read_yaml names YAML errors itself; these it does not
-        raise StudyError(f"report: {f}: cannot be read ({_why(e)})") from e
+        raise StudyError(f"report: {f}: cannot be read ({_why(e, f)})") from e
 
 
 def load_study(path) -> Study:

@@ -75,6 +75,8 @@ def write_study(root: Path, name: str, trials: list[dict], history: list[dict] |
     d.mkdir(parents=True)
     t = pd.DataFrame(trials)
     h = pd.DataFrame(history if history is not None else flat_history(trials))
+    if not len(h):  # as results.export writes a history no trial has reported to
+        h = pd.DataFrame(columns=["trial_id", "stage", *axes, "epoch"])
     space = {"name": name, "description": "synthetic", "axes": {a: sorted(set(t[a])) for a in axes if a in t},
              "fixed": {"lr": 5e-5, "epochs": 3, "max_len": 128}}
     if kind == "search":

@@ -1,5 +1,6 @@
-"""The report package: loading (read-only), outputs and figures, old-format studies, the CLI, and one
-end-to-end run on the real smoke study. The verdicts themselves are in test_report_verdicts.py."""
+"""The report package: loading (read-only), outputs and figures, the CLI, and one end-to-end run on the
+real smoke study. The verdicts themselves are in test_report_verdicts.py; broken exports in
+test_report_inputs.py."""
 from __future__ import annotations
 
 import hashlib
@@ -18,8 +19,6 @@ from tune_study.report import build_report, load_study, main
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "results" / "example" / "default"
-# exports of the default study as an older version wrote them (1,500 reviews, one evaluation an epoch)
-OLD_EXPORT = Path(__file__).resolve().parent / "fixtures" / "old_export"
 SMOKE = ROOT / "search_spaces" / "smoke.yaml"
 FIGS = ("fig_curves_epoch.png", "fig_curves_steps.png", "fig_curves_samples.png", "fig_reliability.png",
         "fig_test_vs_batch.png", "fig_expected_max.png")
@@ -58,12 +57,7 @@ def test_load_study_reads_tables_and_space(tmp_path):
     assert tune_study.load_study is load_study
 
 
-def test_load_study_old_format_and_bad_paths(tmp_path):
-    ts = [trial("a"), trial("b", batch_size=32)]
-    h = pd.DataFrame(flat_history(ts)).drop(columns=["epoch_end"])
-    d = write_study(tmp_path, "old", ts, h.to_dict("records"))
-    st = load_study(d)
-    assert st.predictions is None and st.history["epoch_end"].all()
+def test_load_study_bad_paths(tmp_path):
     from tune_study.errors import StudyError
 
     with pytest.raises(StudyError, match="no study folder"):
@@ -96,26 +90,6 @@ def test_report_writes_only_its_own_outputs(tmp_path):
     text = out.read_text()
     assert "(c) Batch size, or just fewer optimizer steps?" in text
     assert "at matched optimizer steps 114 steps" in line(text, "minilm · constant, batch 8 vs 32")
-
-
-def test_old_export_degrades_gracefully(tmp_path):
-    # an older export: per-epoch history, no predictions, no stage column
-    d = tmp_path / "default"
-    shutil.copytree(OLD_EXPORT, d)
-    before = _digest(d)
-    text = build_report(d, log=lambda *_: None, figures=False).read_text()
-    for f in ("trials.csv", "trials.parquet", "history.csv", "history.parquet", "space.yaml"):
-        assert _digest(d)[f] == before[f], f
-    assert "not stored (an older study)" in text
-    assert "Newcombe" in line(text, "runner-up by val") and "McNemar" not in line(text, "runner-up by val")
-    # (c): every step comparison rests on non-overlapping curves there -> not comparable, no answer
-    c = line(text, "**(c)")
-    assert "none has both matched points measured (6 have no overlap in optimizer steps)" in c
-    assert text.count("at matched optimizer steps not comparable") == 6 and "step 0" not in text
-    assert "cannot say whether any such pair is beyond noise" in line(text, "**(b)")
-    assert "no RoBERTa model (models: minilm)" in line(text, "**(a)")
-    # best by val: constant b8 (val .893), its test .753 is not the highest (.787): test does not select
-    assert "**minilm · constant · b8**" in line(text, "**Best config**")
 
 
 def test_committed_example_is_current_and_measured(tmp_path):
@@ -155,10 +129,12 @@ def test_interrupted_and_empty_study(tmp_path):
     text = build_report(write_study(tmp_path, "int", ts, flat_history(ts[:2])), log=lambda *_: None,
                         figures=False).read_text()
     assert "**Interrupted study**: 2 trial(s) never finished (PENDING, RUNNING)" in text
-    d = tmp_path / "empty"
-    d.mkdir()
-    shutil.copyfile(SMOKE, d / "space.yaml")
-    assert "nothing to report" in build_report(d, log=lambda *_: None).read_text()
+    # a study whose trials have not reported yet: the report says so (an unexported study is refused:
+    # test_report_inputs.py)
+    ts = [trial(f"p{i}", batch_size=b, status="PENDING", epochs_run=0, best_val_acc=math.nan, test_acc=math.nan)
+          for i, b in enumerate((8, 32))]
+    text = build_report(write_study(tmp_path, "empty", ts, []), log=lambda *_: None).read_text()
+    assert "nothing to report" in text and "2 trial(s) never finished (PENDING)" in text
 
 
 def test_cli(tmp_path, capsys):
@@ -190,4 +166,5 @@ def test_report_from_smoke_study(tmp_path):
     text = build_report(d, log=lambda *_: None).read_text()
     assert all(_digest(d)[k] == v for k, v in before.items())
     assert "## Findings" in text and "**(c)" in text
+    assert "What could not be used" not in text  # the exports as written are used in full
     assert len(pd.read_csv(d / "test_table.csv")) == len(pd.read_parquet(d / "trials.parquet"))

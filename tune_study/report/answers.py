@@ -64,11 +64,11 @@ def loss_vs_acc(an) -> list[str]:
         s = "No config pair has both the higher test accuracy and the higher test loss: the seed's pattern does not occur here."
     elif not b.paired:
         s = (f"{b.candidates} config pair(s) have higher test accuracy together with higher test loss by point "
-             "estimate; without stored per-example predictions the loss difference cannot be tested, so this study "
+             "estimate; without usable per-example predictions the loss difference cannot be tested, so this study "
              "cannot say whether any such pair is beyond noise.")
     elif not b.family:
         s = (f"{b.candidates} config pair(s) have higher test accuracy together with higher test loss by point "
-             "estimate; none has stored predictions for both configs, so this study cannot say whether any such "
+             "estimate; none has usable predictions for both configs, so this study cannot say whether any such "
              "pair is beyond noise.")
     elif b.confirmed:
         p = b.confirmed[0]

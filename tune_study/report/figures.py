@@ -54,6 +54,16 @@ def fig_curves(history, trials, xkey, xlabel, path: Path, colors, majority, logx
     panels = _panels(trials)
     if not panels or not len(history) or xkey not in history:
         return None
+    # only points with a measured x (> 0 on a log axis) and some measured curve can be drawn: trials
+    # that errored before their first evaluation leave rows without them, and a log axis over no
+    # positive value cannot be drawn at all
+    drawable = history[xkey].notna() & history[[k for k, _ in CURVES if k in history]].notna().any(axis=1)
+    if logx:
+        drawable &= history[xkey] > 0
+    history = history[drawable & history["trial_id"].isin(set(trials["trial_id"]))]
+    panels = [p for p in panels if p in set(_panels(trials[trials["trial_id"].isin(set(history["trial_id"]))]))]
+    if not panels:
+        return None
     fig = _figure(max(12.0, 3.4 * len(panels) + 1.5), 8.5)
     axs = fig.subplots(len(CURVES), len(panels), squeeze=False, sharex="col", sharey="row")
     h = history.merge(trials[["trial_id", "cfg"]], on="trial_id", how="left")
@@ -67,7 +77,7 @@ def fig_curves(history, trials, xkey, xlabel, path: Path, colors, majority, logx
             for i, (ykey, _) in enumerate(CURVES):
                 if ykey not in d:
                     continue
-                # train loss exists at epoch ends only in older exports; plot what each row carries
+                # a row may lack one curve (NaN): plot what each row carries
                 src = d.dropna(subset=[ykey, xkey])
                 c = src.groupby("epoch")[[xkey, ykey]].mean().sort_index()
                 axs[i][j].plot(c[xkey], c[ykey], "-", color=color, lw=1.5)

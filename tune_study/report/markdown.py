@@ -38,10 +38,9 @@ def _header(an: Analysis) -> list[str]:
          f"- Trials: {len(t)} ({stages}; {status or 'no status'}); data from {src}.",
          f"- Test set: n_test = {an.n_test or 'unknown'}; val: n_val = {an.n_val or 'unknown'}; majority-class rate "
          f"{an.majority:.3f} ({'measured on val' if an.majority_measured else 'assumed, not reported by this study'}).",
-         "- Per-example test predictions: " + ("stored, so configs are compared with paired tests on the same test "
-                                               "examples." if an.paired else
-                                               "not stored (an older study), so configs are compared with the "
-                                               "unpaired rule, which is conservative."), ""]
+         "- Per-example test predictions: " + _predictions_line(an), ""]
+    if s.notices:
+        L += ["**What could not be used** (the report went on without it):", *[f"- {n}" for n in s.notices], ""]
     unfinished = t[~t["status"].isin(["TERMINATED", "ERROR"])]
     if len(unfinished):
         L += [f"**Interrupted study**: {len(unfinished)} trial(s) never finished "
@@ -50,6 +49,19 @@ def _header(an: Analysis) -> list[str]:
     if len(err):
         L += ["**Errored trials**: " + "; ".join(f"{r.cfg} ({r.trial_id})" for r in err.itertuples()), ""]
     return L
+
+
+def _predictions_line(an: Analysis) -> str:
+    tested = set(an.trials.loc[an.trials["test_acc"].notna(), "trial_id"])
+    if an.paired:
+        n = len(tested & set(an.study.predictions["trial_id"]))
+        if n == len(tested):
+            return "stored, so configs are compared with paired tests on the same test examples."
+        return (f"usable for {n} of the {len(tested)} trials with a test result, so configs are compared with paired "
+                "tests on the same test examples where both have them, otherwise with the unpaired rule.")
+    if "predictions" in an.study.unusable:
+        return "not usable (see below), so configs are compared with the unpaired rule, which is conservative."
+    return "not stored, so configs are compared with the unpaired rule, which is conservative."
 
 
 def _best(an: Analysis) -> list[str]:
@@ -91,7 +103,9 @@ def _noise(an: Analysis) -> list[str]:
     k = {v: sum(x.verdict == v for x in c) for v in (BEYOND, WITHIN, UNDETERMINED)}
     s = (f"- **Noise**: of {len(c)} pairs of configs, {k[BEYOND]} differ{'s' if k[BEYOND] == 1 else ''} in test accuracy beyond noise, "
          f"{k[WITHIN]} are within noise and {k[UNDETERMINED]} are undetermined (Holm over all {len(c)} pairs; "
-         + ("paired tests" if an.paired else "unpaired Newcombe at the Bonferroni level") + ").")
+         + (("paired tests" if all(x.method != "unpaired" for x in c) else "paired tests where both configs have "
+             "usable predictions, unpaired Newcombe at the Bonferroni level otherwise") if an.paired
+            else "unpaired Newcombe at the Bonferroni level") + ").")
     if an.n_test and not an.paired:
         acc = float(an.cfgs["test_acc"].median())
         lo, hi = M.wilson_interval(acc * an.n_test, an.n_test)

@@ -26,7 +26,7 @@ def how(c: Comparison) -> str:
              + f"; paired bootstrap 95% CI of the difference [{sgn(c.lo)}, {sgn(c.hi)}]"
              + (", not adjusted" if ok(c.p_adj) and c.p_adj != c.p else ""))
     elif c.method == "unpaired":
-        s = f"Newcombe 95% CI of the difference [{sgn(c.lo)}, {sgn(c.hi)}], unpaired: no stored predictions"
+        s = f"Newcombe 95% CI of the difference [{sgn(c.lo)}, {sgn(c.hi)}], unpaired: no usable predictions of both"
     elif c.method == "seeds":
         s = (f"Welch over seeds, p = {pval(c.p)}"
              + (f", Holm-adjusted {pval(c.p_adj)}" if ok(c.p_adj) and c.p_adj != c.p else ""))

@@ -1,0 +1,64 @@
+"""tune_study.tracking's pieces and the study key ``tracking`` (the end-to-end run is in test_callbacks)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+
+import pytest
+
+from tune_study.config import load_space
+from tune_study.errors import StudyError
+
+pytest.importorskip("mlflow")
+from tune_study.tracking import STEP_KEY, evaluations, metric_point, tracking_uri  # noqa: E402
+
+BASE = "axes: {model: [tiny-bert], batch_size: [8]}\n"
+
+
+def test_tracking_uri(tmp_path):
+    assert tracking_uri("auto", tmp_path / "study") == f"sqlite:///{(tmp_path / 'study').resolve()}/mlflow.db"
+    db = tmp_path / "elsewhere" / "deeper" / "runs.db"
+    assert tracking_uri(f"sqlite:///{db}", tmp_path) == f"sqlite:///{db}"
+    assert db.parent.is_dir() and not db.exists()   # the folder, for SQLite to create the file in
+    assert tracking_uri("http://127.0.0.1:5000", tmp_path) == "http://127.0.0.1:5000"
+
+
+def test_metric_point_steps_by_samples_seen():
+    result = {"epoch": 2, "samples_seen": 480, "val_acc": 0.7, "test_acc": 0.65, "lr": 1e-3,
+              "epoch_end": True, "device": "cpu", "best_model_path": "/x", "val_loss": math.nan,
+              "config": {"lr": 1e-3}, "trial_id": "abc", "training_iteration": 2, "evals": "[]", "replayed": True}
+    point = metric_point(result, iteration=2)
+    assert point == {"epoch": 2, "samples_seen": 480, "val_acc": 0.7, "test_acc": 0.65, "lr": 1e-3,
+                     STEP_KEY: 480}
+    # without samples seen, Tune's iteration is the step
+    assert metric_point({"val_acc": 0.5}, iteration=3) == {"val_acc": 0.5, "training_iteration": 3}
+
+
+def test_evaluations_are_the_mid_epoch_ones():
+    evals = [{"epoch": 1.5, "epoch_end": False, "samples_seen": 120, "val_acc": 0.6},
+             {"epoch": 2, "epoch_end": True, "samples_seen": 240, "val_acc": 0.7}]
+    assert evaluations({"evals": json.dumps(evals)}) == evals[:1]
+    assert evaluations({"val_acc": 0.7}) == []
+
+
+@pytest.mark.parametrize("value", ["results/mlflow.db", "42", "{}", "''"])
+def test_bad_tracking_uri_is_one_line(tmp_path, value):
+    f = tmp_path / "s.yaml"
+    f.write_text(BASE + f"tracking: {{mlflow: {value}}}\n")
+    with pytest.raises(StudyError) as e:
+        load_space(f)
+    msg = str(e.value)
+    assert msg.startswith(f"{f}: key 'tracking.mlflow': expected 'auto' or an MLflow tracking URI") and "\n" not in msg
+
+
+def test_tracking_without_mlflow_installed_is_refused(tmp_path, monkeypatch):
+    f = tmp_path / "s.yaml"
+    f.write_text(BASE + "tracking: {mlflow: auto}\n")
+    assert load_space(f)["tracking"] == {"mlflow": "auto"}
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    with pytest.raises(StudyError, match=r"key 'tracking.mlflow': needs the mlflow package: pip install -e"):
+        load_space(f)
+    f.write_text(BASE)   # no tracking: no mlflow needed
+    assert load_space(f)["tracking"] == {"mlflow": None}

@@ -11,7 +11,7 @@ from tune_study.config import load_space
 from tune_study.errors import StudyError
 
 pytest.importorskip("mlflow")
-from tune_study.tracking import STEP_KEY, evaluations, metric_point, tracking_uri  # noqa: E402
+from tune_study.tracking import evaluations, metric_point, result_metrics, tracking_uri  # noqa: E402
 
 BASE = "axes: {model: [tiny-bert], batch_size: [8]}\n"
 
@@ -28,11 +28,19 @@ def test_metric_point_steps_by_samples_seen():
     result = {"epoch": 2, "samples_seen": 480, "val_acc": 0.7, "test_acc": 0.65, "lr": 1e-3,
               "epoch_end": True, "device": "cpu", "best_model_path": "/x", "val_loss": math.nan,
               "config": {"lr": 1e-3}, "trial_id": "abc", "training_iteration": 2, "evals": "[]", "replayed": True}
-    point = metric_point(result, iteration=2)
-    assert point == {"epoch": 2, "samples_seen": 480, "val_acc": 0.7, "test_acc": 0.65, "lr": 1e-3,
-                     STEP_KEY: 480}
-    # without samples seen, Tune's iteration is the step
-    assert metric_point({"val_acc": 0.5}, iteration=3) == {"val_acc": 0.5, "training_iteration": 3}
+    assert metric_point(result) == (480, {"epoch": 2, "samples_seen": 480, "val_acc": 0.7, "test_acc": 0.65,
+                                          "lr": 1e-3})
+    assert metric_point({"val_acc": 0.5}) is None   # no step without samples seen
+
+
+def test_result_metrics_hold_every_evaluation():
+    evals = [{"epoch": 1.5, "epoch_end": False, "samples_seen": 360, "val_acc": 0.6, "val_loss": 0.69},
+             {"epoch": 2, "epoch_end": True, "samples_seen": 480, "val_acc": 0.7, "val_loss": 0.6}]
+    result = {**evals[-1], "test_acc": 0.65, "evals": json.dumps(evals)}
+    got = {(m.key, m.step): m.value for m in result_metrics(result, 1000)}
+    assert got[("val_acc", 360)] == 0.6 and got[("val_acc", 480)] == 0.7 and got[("epoch", 360)] == 1.5
+    assert got[("test_acc", 480)] == 0.65 and ("test_acc", 360) not in got   # test only at the epoch's end
+    assert {s for _, s in got} == {360, 480}
 
 
 def test_evaluations_are_the_mid_epoch_ones():

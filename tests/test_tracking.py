@@ -70,3 +70,38 @@ def test_tracking_without_mlflow_installed_is_refused(tmp_path, monkeypatch):
         load_space(f)
     f.write_text(BASE)   # no tracking: no mlflow needed
     assert load_space(f)["tracking"] == {"mlflow": None}
+
+
+TELEMETRY = """
+import os, sys
+if sys.argv[1] == "ours":
+    import tune_study.tracking
+from mlflow.telemetry.utils import is_telemetry_disabled
+print(os.environ.get("MLFLOW_DISABLE_TELEMETRY"), is_telemetry_disabled())
+"""
+
+
+@pytest.mark.parametrize("who, preset, expected", [
+    ("plain", None, "None False"),      # the control: mlflow alone would send telemetry here
+    ("ours", None, "true True"),
+    ("ours", "false", "false False"),   # a user's explicit choice stands
+])
+def test_telemetry_off(who, preset, expected):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    # mlflow turns telemetry off by itself under pytest or CI: a clean environment shows what a user gets
+    ci = ("PYTEST_CURRENT_TEST", "GITHUB_ACTIONS", "CI", "CIRCLECI", "GITLAB_CI", "JENKINS_URL", "TRAVIS", "TF_BUILD",
+          "BITBUCKET_BUILD_NUMBER", "CODEBUILD_BUILD_ARN", "BUILDKITE", "TEAMCITY_VERSION", "CLOUD_RUN_EXECUTION",
+          "RUNBOT_HOST_URL", "RUNBOT_BUILD_NAME", "RUNBOT_WORKER_ID", "DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY")
+    env = {k: v for k, v in os.environ.items() if k not in ci}
+    if preset is not None:
+        env["MLFLOW_DISABLE_TELEMETRY"] = preset
+    root = Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = str(root)
+    r = subprocess.run([sys.executable, "-c", TELEMETRY, who], cwd=root, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == expected

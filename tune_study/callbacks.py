@@ -1,11 +1,15 @@
-"""Tune callbacks of the study runner (on the driver)."""
+"""The Tune callbacks of a study run (on the driver): the progress line, settling finished trials'
+folders, and MLflow tracking when the study asks."""
 from __future__ import annotations
 
 import logging
 import posixpath
+from pathlib import Path
 
 from ray.tune import Callback
 
+from .config import epochs_of
+from .progress import StudyProgress
 from .trial_files import settle_finished_trial
 
 log = logging.getLogger(__name__)
@@ -29,3 +33,15 @@ class SettleFinishedTrials(Callback):
             settle_finished_trial(ckpt.filesystem, posixpath.dirname(ckpt.path.rstrip("/")), best_epoch, self.keep)
         except OSError as e:   # never fail a finished trial over its clean-up
             log.warning("%s: could not settle the finished trial's folder (%s)", trial, e)
+
+
+def study_callbacks(study: dict, stage: str, study_dir: str | Path) -> list:
+    """The callbacks for one Tune run (``stage``: grid / search / repeat) of ``study``.
+    mlflow is imported only here, and only for a study with ``tracking.mlflow``."""
+    callbacks = [StudyProgress(epochs_default=epochs_of(study)), SettleFinishedTrials(study["keep_when_finished"])]
+    uri = (study.get("tracking") or {}).get("mlflow")
+    if uri:
+        from .tracking import mlflow_callback
+
+        callbacks.append(mlflow_callback(uri, study, stage, study_dir))
+    return callbacks

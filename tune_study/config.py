@@ -25,7 +25,8 @@ from pydantic_core import PydanticCustomError
 
 from .errors import StudyError
 from .lr_scaling import BETA2_RULES, LR_RULES, with_base_batch
-from .study_sections import Axis, EarlyStopping, Repeat, Resources, axis_values, check_axes, to_early_stopping
+from .study_sections import (Axis, EarlyStopping, Repeat, Resources, Tracking, axis_values, check_axes,
+                             to_early_stopping)
 from .validation import PosInt, Seed, Strict, expect, explain, fail, known, none_is_empty, says, to_study_error
 
 SCHEDULERS = ("constant", "linear", "cosine")
@@ -189,6 +190,8 @@ class Study(Strict):
         8, description="search only: how many trials to sample in all")
     search_seed: Seed = Field(0, description="search only: the TPE sampler's seed, in [0, 2**32)")
     repeat: Repeat | None = Field(None, description="rerun the best configs with more seeds; default: no reruns")
+    tracking: Annotated[Tracking, BeforeValidator(none_is_empty)] = Field(
+        default_factory=Tracking, description="also record the trials in MLflow; default: no tracking")
 
     @model_validator(mode="after")
     def _cross_checks(self, info: ValidationInfo):

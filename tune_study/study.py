@@ -222,11 +222,11 @@ def repeat_points(result_grid, repeat: dict) -> list[dict]:
 # ----------------------------------------------------------------------------- running
 
 def _tuner(study, trainable_, exp_path, storage, name, param_space, *, search_alg, num_samples, conc,
-           scheduler, resume):
+           scheduler, resume, stage, study_dir):
     from ray import tune
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig
 
-    from .callbacks import SettleFinishedTrials
+    from .callbacks import study_callbacks
 
     if resume and tune.Tuner.can_restore(exp_path):
         print(f"resuming {exp_path}")
@@ -247,7 +247,7 @@ def _tuner(study, trainable_, exp_path, storage, name, param_space, *, search_al
         run_config=RunConfig(
             name=name, storage_path=storage, progress_reporter=reporter, verbose=1,
             checkpoint_config=CheckpointConfig(num_to_keep=study["checkpoints_to_keep"]),
-            callbacks=[SettleFinishedTrials(study["keep_when_finished"])],
+            callbacks=study_callbacks(study, stage, study_dir),
             failure_config=FailureConfig(max_failures=study["max_failures"]),
             # the best model is an artifact of the trial folder: persisted to remote storage too
             sync_config=tune.SyncConfig(sync_artifacts=True)))
@@ -315,7 +315,7 @@ def run_study(study: dict, options, param_space: dict, search_alg=None, num_samp
                     space["threads"] = threads
                 tuner = _tuner(study, make_trainable(exp_path), exp_path, storage, EXPERIMENT, space,
                                search_alg=search_alg, num_samples=num_samples, conc=conc, scheduler=scheduler,
-                               resume=options.resume)
+                               resume=options.resume, stage=kind, study_dir=study_dir)
                 result_grid = _fit(tuner, exp_path)
             grids = [(kind, result_grid)]
             trials, _ = export(grids, study, study_dir)
@@ -328,7 +328,8 @@ def run_study(study: dict, options, param_space: dict, search_alg=None, num_samp
                     tuner = _tuner(study, make_trainable(rep_path), rep_path, storage, REPEAT_EXPERIMENT,
                                    dict(points[0]) if points else {},
                                    search_alg=BasicVariantGenerator(points_to_evaluate=points),
-                                   num_samples=len(points), conc=conc, scheduler=None, resume=options.resume)
+                                   num_samples=len(points), conc=conc, scheduler=None, resume=options.resume,
+                                   stage="repeat", study_dir=study_dir)
                     grids.append(("repeat", _fit(tuner, rep_path)))
                     trials, _ = export(grids, study, study_dir)
         except Exception as e:

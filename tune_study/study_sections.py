@@ -1,9 +1,12 @@
-"""The study file's sections besides the training settings: axes, early stopping, resources, repeat."""
+"""The study file's sections besides the training settings: axes, early stopping, resources, repeat,
+tracking."""
 from __future__ import annotations
 
+import importlib.util
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PlainValidator, ValidationInfo, WithJsonSchema
+from pydantic import AfterValidator, Field, PlainValidator, ValidationInfo, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from .validation import PosInt, Seed, Strict, expect, number
@@ -143,3 +146,26 @@ class Repeat(Strict):
         description="how many of the best configs (by best val acc) to rerun")
     seeds: Annotated[list[Seed], Field(min_length=1)] = Field(
         description="the seeds each of them is rerun with, each in [0, 2**32)")
+
+
+# A URI names its scheme (sqlite:///..., http://..., file:///..., databricks); a bare path is refused
+# because MLflow would read it as its deprecated file store, not as a SQLite database.
+TRACKING_URI = re.compile(r"^(auto|databricks|[A-Za-z][A-Za-z0-9+.-]*://.*)$")
+
+
+def _mlflow_installed(uri):
+    """Refused before the study folder is written, not when its first trial starts."""
+    if uri is not None and importlib.util.find_spec("mlflow") is None:
+        raise PydanticCustomError("study", "needs the mlflow package: pip install -e '.[mlflow]'")
+    return uri
+
+
+class Tracking(Strict):
+    """Where the study's runs are also recorded (one MLflow run per trial); needs the mlflow extra."""
+    mlflow: Annotated[
+        Annotated[str, Field(pattern=TRACKING_URI.pattern)] | None,
+        expect("'auto' or an MLflow tracking URI such as sqlite:///results/mlflow.db"),
+        AfterValidator(_mlflow_installed)] = Field(
+        None, description="an MLflow tracking URI (sqlite:///path/mlflow.db keeps it offline, "
+        "http://host:5000 a tracking server) or auto: sqlite:///<study folder>/mlflow.db; null: no MLflow. "
+        "pip install -e '.[mlflow]'")

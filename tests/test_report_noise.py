@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 
-import pandas as pd
 import pytest
 
 from report_synth import (N_TEST, correct_mask, curve, flat_history, line, preds, report, trial, with_noise,
@@ -164,7 +163,8 @@ def test_trial_values_fall_back_to_history(tmp_path):
 def _lr_study(root, name, right8, right_none, right_sqrt, offset_none=0):
     spec = [("a", 8, "none", right8, 5e-5, 0), ("b", 8, "sqrt", right8, 5e-5, 0),
             ("c", 128, "none", right_none, 5e-5, offset_none), ("d", 128, "sqrt", right_sqrt, 2e-4, 0)]
-    ts = [trial(tid, batch_size=b, lr_scaling=rule, lr_peak=lr, test_acc=r / N_TEST) for tid, b, rule, r, lr, _ in spec]
+    ts = [trial(tid, batch_size=b, lr_scaling=rule, lr_peak=lr, beta2=0.999 ** (b / 8 if rule == "sqrt" else 1),
+                test_acc=r / N_TEST) for tid, b, rule, r, lr, _ in spec]
     ps = [preds(tid, correct_mask(r, offset=o), 0.8) for tid, b, rule, r, lr, o in spec]
     text = report(root, name, ts, history=with_noise(flat_history(ts), 30.0, ts), predictions=ps,
                   axes=("model", "batch_size", "scheduler", "lr_scaling"))
@@ -173,7 +173,7 @@ def _lr_study(root, name, right8, right_none, right_sqrt, offset_none=0):
 
 def test_lr_scaling_verdicts_flip(tmp_path):
     text, s = _lr_study(tmp_path, "closed", 130, 90, 128)
-    assert "**closed**" in s and "(lr_peak 0.0002) vs none (lr_peak 5e-05)" in s
+    assert "**closed**" in s and "(lr_peak 0.0002, beta2 0.9841) vs none (lr_peak 5e-05, beta2 0.999)" in s
     assert "Holm over the family minilm · constant: 3 comparisons" in line(text, "close the large-batch gap?")
     assert "NLL, Holm-adjusted over the family's effects" in s and ": beyond noise)" in s.split("Gap to")[0]
     _, s = _lr_study(tmp_path, "narrowed", 140, 60, 100)

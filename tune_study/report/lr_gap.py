@@ -41,6 +41,9 @@ class ScalingCase:
     lr_small: float               # lr_peak the trials used (NaN where not exported)
     lr_unscaled: float
     lr_scaled: float
+    beta2_small: float            # AdamW's beta2 the trials used (NaN where not exported)
+    beta2_unscaled: float
+    beta2_scaled: float
     effect: Comparison            # large at rule (a) vs large unscaled (b)
     before: Comparison            # small unscaled (a) vs large unscaled (b)
     after: Comparison             # small unscaled (a) vs large at rule (b)
@@ -84,9 +87,10 @@ def analyse_lr_gap(study, main: pd.DataFrame, cfgs: pd.DataFrame, predictions, n
         return []
     rest_cols = series_columns(study, ("model", "scheduler", "batch_size", "lr_scaling"))
     first = main.drop_duplicates("cfg").set_index("cfg")
-    lr = main.groupby("cfg")["lr_peak"].mean() if "lr_peak" in main else pd.Series(dtype=float)
+    used = {k: (pd.to_numeric(main[k], errors="coerce").groupby(main["cfg"]).mean() if k in main
+                else pd.Series(dtype=float)) for k in ("lr_peak", "beta2")}
     rows = [dict(r, rule=str(first.loc[r["cfg"], "lr_scaling"]), rest=series_label(first.loc[r["cfg"]], rest_cols),
-                 lr_peak=float(lr.get(r["cfg"], math.nan)))
+                 **{k: float(v.get(r["cfg"], math.nan)) for k, v in used.items()})
             for r in cfgs.to_dict("records") if r["cfg"] in first.index and ok(r["batch_size"])]
     out = []
     for key in dict.fromkeys((r["model"], r["scheduler"], r["rest"]) for r in rows):
@@ -114,8 +118,10 @@ def analyse_lr_gap(study, main: pd.DataFrame, cfgs: pd.DataFrame, predictions, n
         if not plan:
             continue
         A.adjust(comps, n_test)
-        cases = [ScalingCase(key[0], key[1], key[2], rule, b0, b, by[(b0, UNSCALED)]["lr_peak"],
-                             by[(b, UNSCALED)]["lr_peak"], by[(b, rule)]["lr_peak"], comps[e], comps[g0], comps[g1])
+        ref = by[(b0, UNSCALED)]
+        cases = [ScalingCase(key[0], key[1], key[2], rule, b0, b, ref["lr_peak"], by[(b, UNSCALED)]["lr_peak"],
+                             by[(b, rule)]["lr_peak"], ref["beta2"], by[(b, UNSCALED)]["beta2"], by[(b, rule)]["beta2"],
+                             comps[e], comps[g0], comps[g1])
                  for b, rule, e, g0, g1 in plan]
         _nll(cases, by, predictions)
         for c in cases:

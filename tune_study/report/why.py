@@ -22,8 +22,9 @@ def ratio(x) -> str:
     return f"{x:.2f}" if ok(x) else "–"
 
 
-def lr_value(x) -> str:
-    return f"{x:.3g}" if ok(x) else "not recorded"
+def used(lr, beta2) -> str:
+    """The optimizer settings a trial recorded: 'lr_peak 0.0002, beta2 0.984'."""
+    return f"lr_peak {f'{lr:.3g}' if ok(lr) else 'not recorded'}" + (f", beta2 {beta2:.4g}" if ok(beta2) else "")
 
 
 def section(an) -> list[str]:
@@ -145,13 +146,13 @@ def _lr(g: G.ScalingGroup) -> list[str]:
     name = " · ".join(x for x in (g.model, g.scheduler, g.rest) if x)
     c0 = g.cases[0]
     L = [f"- **Did the scaled learning rate close the large-batch gap?** {name}: against batch {c0.small} unscaled "
-         f"(lr_peak {lr_value(c0.lr_small)}); Holm over the family {g.family}."]
+         f"({used(c0.lr_small, c0.beta2_small)}); Holm over the family {g.family}."]
     for c in g.cases:
         e = c.effect
         nll = (f"; test NLL scaled − unscaled {sgn(e.nll_diff)} [{sgn(e.nll_lo)}, {sgn(e.nll_hi)}] (paired t-test "
                f"of the per-example NLL, Holm-adjusted over the family's effects p = {pval(c.nll_p)}: "
                f"{c.nll_verdict})" if e.method == "paired" else "")
-        L.append(f"  - batch {c.large}, lr_scaling {c.rule} (lr_peak {lr_value(c.lr_scaled)}) vs none (lr_peak "
-                 f"{lr_value(c.lr_unscaled)}): **{c.verdict}**. Scaled vs unscaled: {comparison(e)}{nll}. Gap to "
+        L.append(f"  - batch {c.large}, lr_scaling {c.rule} ({used(c.lr_scaled, c.beta2_scaled)}) vs none "
+                 f"({used(c.lr_unscaled, c.beta2_unscaled)}): **{c.verdict}**. Scaled vs unscaled: {comparison(e)}{nll}. Gap to "
                  f"batch {c.small} before: {comparison(c.before)}; after: {comparison(c.after)}.")
     return L

@@ -114,11 +114,15 @@ def test_check_at_equal_epochs_uses_val_where_epochs_differ(tmp_path):
 def test_undefined_b_simple_is_never_a_number(tmp_path):
     text = _study(tmp_path, "undef", (140, 140, 100), ends=(math.nan,) * 3)
     assert "| minilm · constant · b8 | 3 | undefined | undefined |" in text
-    assert "**B_noise** is undefined for minilm · constant" in text and "nan" not in text.lower().split("## training")[0]
+    assert "**B_noise** is undefined for minilm · constant: 0 of 3" in text and "nan" not in text.lower().split("## training")[0]
     assert "B_noise undefined → no prediction" in _pair(text, 32, 128) and _pair(text, 32, 128).endswith("**undetermined**.")
     # one trial undefined: the median is over the other two, and says so
     some = _study(tmp_path, "some", (120,) * 3, ends=(40, math.nan, 60))
     assert "median over the 2 of 3 trial(s)" in line(some, "**B_noise** used") and "**50**" in line(some, "**B_noise**")
+    # two undefined: one of three is no majority, so no median (the undefined ones may be large)
+    few = _study(tmp_path, "few", (120,) * 3, ends=(40, math.nan, math.nan))
+    assert "**B_noise** is undefined for minilm · constant: 1 of 3 trial(s)" in few and "**B_noise** used" not in few
+    assert N.majority_median([40.0, 60.0], 3) == 50.0 and math.isnan(N.majority_median([40.0], 2))
 
 
 def test_missing_columns_one_line(tmp_path):

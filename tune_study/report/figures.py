@@ -263,6 +263,10 @@ def fig_noise_scale(history, trials, path: Path, colors):
             ls = "-." if scaled and str(getattr(t, "lr_scaling", "none")) != "none" else "-"
             color = colors.get(int(t.batch_size), "grey") if ok(t.batch_size) else "grey"
             ax.plot(d["samples_seen"], y, ls, color=color, marker="o", ms=3, lw=1.4)
+            # measured but undefined (|G|² or tr(Σ) summed to <= 0): a cross on the bottom edge, not a value
+            bad = d[y.isna().to_numpy() & (pd.to_numeric(d.get("gns_windows"), errors="coerce").fillna(0) > 0).to_numpy()]
+            ax.plot(bad["samples_seen"], [0.03] * len(bad), "x", color=color, ms=6, mew=1.5,
+                    transform=ax.get_xaxis_transform(), clip_on=False)
         for b, color in colors.items():
             ax.axhline(b, color=color, ls="--", lw=1, alpha=0.8)
         ax.set_yscale("log")
@@ -271,7 +275,8 @@ def fig_noise_scale(history, trials, path: Path, colors):
         ax.grid(alpha=0.3)
     axs[0].set_ylabel("B_simple = tr(Σ)/|G|² (log scale)")
     handles = [Line2D([], [], color=c, marker="o", ms=3, lw=1.4, label=str(b)) for b, c in colors.items()]
-    handles += [Line2D([], [], color="grey", ls="--", lw=1, label="grid batch size")]
+    handles += [Line2D([], [], color="grey", ls="--", lw=1, label="grid batch size"),
+                Line2D([], [], color="grey", marker="x", lw=0, ms=6, mew=1.5, label="undefined (≤ 0 estimate)")]
     if scaled:
         handles += [Line2D([], [], color="grey", ls="-.", lw=1.4, label="scaled lr")]
     fig.legend(handles=handles, title="batch size", loc="outside right upper", fontsize=9, title_fontsize=9)

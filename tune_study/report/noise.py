@@ -109,7 +109,7 @@ class NoiseSection:
     model: str
     scheduler: str
     trials: list[TrialNoise]
-    b_noise: float                # the estimate used: median of the trials' end values (NaN: undefined)
+    b_noise: float                # the estimate used: median of the trials' end values (majority_median)
     b_noise_first: float          # the same median after the first epoch
     n_defined: int                # trials with a defined end value
     trade: list[tuple]            # (batch, B/B_noise, S/S_min, E/E_min) per batch size
@@ -160,6 +160,15 @@ def _per_trial(t: pd.Series, h: pd.DataFrame) -> tuple[float, float, int]:
     return (first if first == first else math.nan), (end if end == end else math.nan), windows
 
 
+def majority_median(defined: list[float], n: int) -> float:
+    """The median of the trials' values, defined only when more than half of the ``n`` trials have
+    one. An undefined B_simple is an estimated |G|² or tr(Σ) <= 0; the first (the gradient's signal
+    below its noise, as in tiny-bert's smoke study at chance) means a large noise scale, not a value
+    missing at random, so the median of the defined ones alone could lean low. With more than half
+    defined, the median of all, wherever the undefined ones lie, is still bounded by defined values."""
+    return float(np.median(defined)) if defined and 2 * len(defined) > n else math.nan
+
+
 def analyse_noise(study, main: pd.DataFrame, cfgs: pd.DataFrame, predictions, n_test, n_val) -> NoiseAnswer:
     """``main``: the labelled main-stage trials; ``cfgs``: their configs (analysis.configs)."""
     why = missing_reason(study)
@@ -187,9 +196,9 @@ def analyse_noise(study, main: pd.DataFrame, cfgs: pd.DataFrame, predictions, n_
         # picks no trial by the outcome it is meant to explain; pooling the sums would let the
         # smallest batch, with the most windows, decide alone.
         ends = [x.end for x in rows if ok(x.end)]
-        firsts = [x.first for x in rows if ok(x.first)]
-        b_noise = float(np.median(ends)) if ends else math.nan
-        sec = NoiseSection(str(model), str(sched), rows, b_noise, float(np.median(firsts)) if firsts else math.nan,
+        b_noise = majority_median(ends, len(rows))
+        sec = NoiseSection(str(model), str(sched), rows, b_noise,
+                           majority_median([x.first for x in rows if ok(x.first)], len(rows)),
                            len(ends), [(b, *trade_off(b, b_noise)) for b in sorted({x.batch_size for x in rows})])
         c = cfgs[(cfgs["model"] == model) & (cfgs["scheduler"] == sched)]
         sec.checks = _checks(sec, c, g, cols, study.history, predictions, n_test, n_val)

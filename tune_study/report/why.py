@@ -93,8 +93,11 @@ def _noise(s: N.NoiseSection) -> list[str]:
              "windows in the last epoch": t.windows_end} for t in s.trials]
     L = [md_table(rows), ""]
     if not ok(s.b_noise):
-        L.append(f"- **B_noise** is undefined for {s.model} · {s.scheduler}: no trial has a defined B_simple over "
-                 "its last epoch, so no trade-off and no prediction is given.")
+        L.append(f"- **B_noise** is undefined for {s.model} · {s.scheduler}: {s.n_defined} of {len(s.trials)} trial(s) "
+                 "have a defined B_simple over their last epoch, and the median is taken only over more than half of "
+                 "them (undefined is an estimated |G|² or tr(Σ) ≤ 0; |G|² ≤ 0, the gradient's signal below its noise, "
+                 "means a large noise scale, so the defined ones alone could lean low); no trade-off and no "
+                 "prediction is given.")
     else:
         L.append(f"- **B_noise** used below = B_simple, the median over the {s.n_defined} of {len(s.trials)} trial(s) "
                  f"with a defined value at the end of their last epoch: **{b_value(s.b_noise)}** (after the first "

@@ -101,3 +101,25 @@ def line(text: str, needle: str) -> str:
     hits = [ln for ln in text.splitlines() if needle in ln]
     assert len(hits) >= 1, f"{needle!r} not in report"
     return hits[0]
+
+
+def with_noise(history: list[dict], b_simple, trials=None) -> list[dict]:
+    """``history`` with the noise-scale columns: each interval's B_simple = ``b_simple`` (a number,
+    NaN for undefined, or a function of (trial_id, epoch)), from |G|² = 1 and tr(Σ) = B_simple per
+    window; one window per optimizer step of the interval; epoch-end rows carry it as the epoch's
+    value too. ``trials`` (rows) get their first-epoch and last-epoch values from it."""
+    f = b_simple if callable(b_simple) else (lambda tid, ep: b_simple)
+    out, prev = [], {}
+    for r in history:
+        tid, b = r["trial_id"], f(r["trial_id"], r["epoch"])
+        w = int(round(r["optimizer_steps"] - prev.get(tid, 0.0)))
+        prev[tid] = r["optimizer_steps"]
+        undefined = b != b
+        row = {**r, "gns_g2": math.nan if undefined else 1.0, "gns_trace": math.nan if undefined else float(b),
+               "gns_b_simple": float(b), "gns_windows": w}
+        row["gns_b_simple_epoch"] = float(b) if r["epoch_end"] else math.nan
+        out.append(row)
+    for t in trials or []:
+        t["gns_b_simple_first_epoch"] = float(f(t["trial_id"], 1.0))
+        t["gns_b_simple_epoch"] = float(f(t["trial_id"], float(t["epochs_run"])))
+    return out

@@ -7,7 +7,8 @@ writes, beside the exports and never over them:
   report.md                 findings, each rendered from an analysis result
   test_table.csv            one row per trial: best-val epoch, test metrics with Wilson 95% CI, collapse
   expected_max_table.csv    expected best val accuracy vs number of trials (Dodge et al. 2019)
-  fig_curves_{epoch,steps,samples}.png, fig_test_vs_batch.png, fig_reliability.png, fig_expected_max.png
+  fig_curves_{epoch,steps,samples}.png, fig_test_vs_batch.png, fig_reliability.png, fig_expected_max.png,
+  fig_noise_scale.png        (where the study measured the gradient noise scale)
 """
 from __future__ import annotations
 

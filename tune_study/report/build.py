@@ -10,6 +10,8 @@ import pandas as pd
 
 from .. import metrics as M
 from . import analysis as A
+from . import lr_gap as G
+from . import noise as N
 from . import questions as Q
 from .load import Study
 
@@ -39,6 +41,8 @@ class Analysis:
     calibration: list
     steps: list
     asha: Q.AshaNote | None
+    noise: N.NoiseAnswer            # why a batch size wins: the gradient noise scale and its check
+    lr_gap: list                    # G.ScalingGroup per model · scheduler, with lr_scaling on the axes
     figures: dict = field(default_factory=dict)
 
     @property
@@ -77,7 +81,10 @@ def analyse(study: Study, margin: float = 0.02) -> Analysis:
         survival=A.order_survival(t, n_val), budget=A.expected_max_curves(t),
         collapse=Q.q_collapse(t), loss_acc=Q.q_loss_vs_acc(_one_run(main), preds),
         calibration=Q.calibration_by_scheduler(main, preds, n_test),
-        steps=Q.q_steps(study.history, main, n_val) if grid_like else [], asha=Q.asha_note(t))
+        steps=Q.q_steps(study.history, main, n_val) if grid_like else [], asha=Q.asha_note(t),
+        noise=N.analyse_noise(study, main, cfgs, preds, n_test, n_val) if grid_like else N.NoiseAnswer(
+            "a search study: its configs differ in more than the batch size"),
+        lr_gap=G.analyse_lr_gap(study, main, cfgs, preds, n_test) if grid_like else [])
 
 
 def _one_run(main: pd.DataFrame) -> pd.DataFrame:
@@ -135,6 +142,10 @@ def write_outputs(an: Analysis, figures: bool = True) -> dict:
         p = F.fig_search_history(an.main, d / "fig_search_history.png")
         if p:
             out["search"] = p.name
+    if not an.noise.missing:
+        p = F.fig_noise_scale(h, an.main, d / "fig_noise_scale.png", colors)
+        if p:
+            out["noise"] = p.name
     p = F.fig_reliability(an.main, d / "fig_reliability.png", colors)
     if p:
         out["reliability"] = p.name

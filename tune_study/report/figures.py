@@ -247,3 +247,48 @@ def fig_search_history(trials, path: Path):
     fig.legend(loc="outside right upper", fontsize=9)
     fig.savefig(path, dpi=DPI)
     return path
+
+
+def fig_noise_scale(history, trials, path: Path, colors):
+    """B_simple of each evaluation interval against samples seen (log y), one line per trial coloured
+    by its batch size (dash-dot for a scaled lr), the grid's batch sizes as dashed horizontal lines;
+    one panel per model · scheduler. Undefined intervals (NaN) are gaps, never points."""
+    from matplotlib.lines import Line2D
+
+    panels = _panels(trials)
+    if not panels or "gns_b_simple" not in history:
+        return None
+    h = history.assign(gns_b_simple=pd.to_numeric(history["gns_b_simple"], errors="coerce"))
+    h = h[h["gns_b_simple"] > 0]
+    if not len(h):
+        return None
+    fig = _figure(max(7.0, 4.2 * len(panels) + 1.5), 4.2)
+    axs = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+    scaled = "lr_scaling" in trials
+    for ax, (model, sched) in zip(axs, panels):
+        p = trials[(trials["model"] == model) & (trials["scheduler"] == sched)]
+        for t in p.sort_values(["batch_size", "trial_id"]).itertuples():
+            d = history[history["trial_id"] == t.trial_id].sort_values("samples_seen")
+            y = pd.to_numeric(d["gns_b_simple"], errors="coerce").where(lambda v: v > 0)  # NaN: a gap in the line
+            ls = "-." if scaled and str(getattr(t, "lr_scaling", "none")) != "none" else "-"
+            color = colors.get(int(t.batch_size), "grey") if ok(t.batch_size) else "grey"
+            ax.plot(d["samples_seen"], y, ls, color=color, marker="o", ms=3, lw=1.4)
+            # measured but undefined (|G|² or tr(Σ) summed to <= 0): a cross on the bottom edge, not a value
+            bad = d[y.isna().to_numpy() & (pd.to_numeric(d.get("gns_windows"), errors="coerce").fillna(0) > 0).to_numpy()]
+            ax.plot(bad["samples_seen"], [0.03] * len(bad), "x", color=color, ms=6, mew=1.5,
+                    transform=ax.get_xaxis_transform(), clip_on=False)
+        for b, color in colors.items():
+            ax.axhline(b, color=color, ls="--", lw=1, alpha=0.8)
+        ax.set_yscale("log")
+        ax.set_title(f"{model} · {sched}", fontsize=11)
+        ax.set_xlabel("training samples seen")
+        ax.grid(alpha=0.3)
+    axs[0].set_ylabel("B_simple = tr(Σ)/|G|² (log scale)")
+    handles = [Line2D([], [], color=c, marker="o", ms=3, lw=1.4, label=str(b)) for b, c in colors.items()]
+    handles += [Line2D([], [], color="grey", ls="--", lw=1, label="grid batch size"),
+                Line2D([], [], color="grey", marker="x", lw=0, ms=6, mew=1.5, label="undefined (≤ 0 estimate)")]
+    if scaled:
+        handles += [Line2D([], [], color="grey", ls="-.", lw=1.4, label="scaled lr")]
+    fig.legend(handles=handles, title="batch size", loc="outside right upper", fontsize=9, title_fontsize=9)
+    fig.savefig(path, dpi=DPI)
+    return path

@@ -5,7 +5,7 @@ from __future__ import annotations
 from scipy import stats
 
 from .. import metrics as M
-from . import answers
+from . import answers, why
 from .analysis import BEYOND, UNDETERMINED, WITHIN
 from .build import Analysis, test_table
 from .text import comparison, f3, interval, md_table, rate, symbol
@@ -23,6 +23,7 @@ def render(an: Analysis) -> str:
     L += _best(an) + _orderings(an) + _noise(an) + _seeds(an) + _budget(an) + answers.asha(an)
     L += ["", "### The seed's three questions", ""]
     L += answers.collapse(an) + answers.loss_vs_acc(an) + answers.steps(an)
+    L += why.section(an)
     L += _figures_and_tables(an) + _search(an) + _rules(an)
     return "\n".join(L) + "\n"
 

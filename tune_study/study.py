@@ -235,7 +235,7 @@ def _tuner(study, trainable_, exp_path, storage, name, param_space, *, search_al
         print(f"no Ray experiment at {exp_path} yet: starting it fresh")
     reporter = tune.CLIReporter(
         parameter_columns={k: k for k in ("model", "batch_size", "scheduler", "seed", "lr", "lr_scaling")
-                           if k in study["axes"] or name == REPEAT_EXPERIMENT},
+                           if k in study["axes"] or (name == REPEAT_EXPERIMENT and k in param_space)},
         metric_columns={"epoch": "epoch", "val_acc": "val_acc", "val_loss": "val_loss",
                         "test_acc": "test_acc", "samples_per_s": "samples/s"},
         max_report_frequency=30, sort_by_metric=False)

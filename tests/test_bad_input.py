@@ -96,6 +96,10 @@ CASES = {
                                    ["'axes.scheduler'", "cyclic"]),
     "unknown data source": grid_case(lambda t: ["--space", str(study(t, data="{source: ftp}"))],
                                      ["'fixed.data.source'", "ftp"]),
+    "unknown truncation": grid_case(lambda t: ["--space", str(study(t, data="{source: bundled, truncation: middle}"))],
+                                    ["study.yaml", "'fixed.data.truncation'", "middle", "head_tail"]),
+    "train: unknown truncation": ("train", lambda t: ["--model", "tiny-bert", "--truncation", "middle"],
+                                  ["data.truncation", "middle", "head_tail"]),
     "train: lr <= 0": ("train", lambda t: ["--model", "tiny-bert", "--batch-size", "8", "--lr", "0"], ["lr", "0"]),
     "train: unknown model": ("train", lambda t: ["--model", "bert-huge"], ["bert-huge", "tiny-bert"]),
 }

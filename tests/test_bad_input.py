@@ -105,6 +105,10 @@ CASES = {
     "train: lr_scaling without a base batch": (
         "train", lambda t: ["--model", "tiny-bert", "--batch-size", "8", "--lr-scaling", "sqrt"],
         ["lr_base_batch", "lr_scaling sqrt"]),
+    "unknown truncation": grid_case(lambda t: ["--space", str(study(t, data="{source: bundled, truncation: middle}"))],
+                                    ["study.yaml", "'fixed.data.truncation'", "middle", "head_tail"]),
+    "train: unknown truncation": ("train", lambda t: ["--model", "tiny-bert", "--truncation", "middle"],
+                                  ["data.truncation", "middle", "head_tail"]),
     "train: lr <= 0": ("train", lambda t: ["--model", "tiny-bert", "--batch-size", "8", "--lr", "0"], ["lr", "0"]),
     "train: unknown model": ("train", lambda t: ["--model", "bert-huge"], ["bert-huge", "tiny-bert"]),
 }

@@ -174,13 +174,15 @@ def test_train_defaults_are_the_documented_ones():
         "compile": False, "evals_per_epoch": 1}
     assert TRAIN_DEFAULTS["data"] == {"source": "bundled", "path": None, "hub_id": "stanfordnlp/imdb",
                                       "text_column": "text", "label_column": "label", "max_examples": None,
-                                      "split_seed": 0}
+                                      "split_seed": 0, "truncation": "head"}
 
 
 @pytest.mark.parametrize("body, key, msg", [
     ("fixed: {data: {sorce: file}}\n", "fixed.data.sorce",
-     "unknown key (known: source, path, hub_id, text_column, label_column, max_examples, split_seed)"),
+     "unknown key (known: source, path, hub_id, text_column, label_column, max_examples, split_seed, truncation)"),
     ("fixed: {data: {source: file}}\n", "fixed.data.path", "source 'file' needs a path"),
+    ("fixed: {data: {truncation: middle}}\n", "fixed.data.truncation",
+     "unknown truncation 'middle' (known: head, tail, head_tail)"),
     ("fixed: {lr: 1e-5}\n", "fixed.lr", "expected a number > 0, got '1e-5'"),   # YAML 1.1 reads 1e-5 as text
     ("fixed: {micro_batch_size: 16}\n", "fixed.micro_batch_size", "16 is larger than the effective batch_size 8"),
     ("early_stopping: {grace_period: 0}\n", "early_stopping.grace_period", "expected an integer >= 1, got 0"),

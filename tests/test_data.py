@@ -402,7 +402,7 @@ def test_load_tokenized_builds_then_reads_cache(review_csv, private_cache, monke
     assert len(files) == 1
     assert not list(private_cache.glob("*.tmp"))
 
-    assert first["meta"] == {"source": "file", "tokenizer": "minilm", "max_len": 16,
+    assert first["meta"] == {"source": "file", "tokenizer": "minilm", "max_len": 16, "truncation": "head",
                              "n_train": 32, "n_val": 4, "n_test": 4}
     for split, n in (("train", 32), ("val", 4), ("test", 4)):
         t = first[split]

@@ -31,6 +31,7 @@ from .validation import PosInt, Seed, Strict, expect, explain, fail, known, none
 
 SCHEDULERS = ("constant", "linear", "cosine")
 SOURCES = ("bundled", "hub", "file", "aclimdb")
+TRUNCATIONS = ("head", "tail", "head_tail")
 SEARCH_ONLY = ("num_samples", "search_seed")
 
 
@@ -54,6 +55,11 @@ class DataConfig(Strict):
     max_examples: Annotated[Annotated[int, Field(ge=10)] | None, expect("an integer >= 10 or null")] = Field(
         None, description="a stratified subsample of this many reviews before the 8:1:1 split; null: all")
     split_seed: Seed = Field(0, description="seed of the subsample and of the split, in [0, 2**32)")
+    truncation: Annotated[Literal[TRUNCATIONS],
+                          says(f"unknown truncation {{got}} (known: {', '.join(TRUNCATIONS)})")] = Field(
+        "head", description="which tokens of a review longer than max_len are kept: head: the first; tail: the "
+        "last; head_tail: the first quarter and the last three quarters of the budget (Sun et al. 2019, "
+        "How to Fine-Tune BERT for Text Classification?, sec. 5.3); special tokens stay in place")
 
     @model_validator(mode="after")
     def _path_needed(self):

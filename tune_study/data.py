@@ -6,9 +6,10 @@ Sources (``config["data"]["source"]``):
   file     a local CSV / Parquet / JSONL file (``path``, ``text_column``, ``label_column``)
   aclimdb  an ``aclImdb/`` folder tree (``path``): {train,test}/{pos,neg}/*.txt
 
-Tokenization happens once per (data, tokenizer, max_len) and is cached on disk, keyed also on what
-the data is now (file stamps, or a hub dataset's revision); every trial of a study then gets the
-same tensors (the grid hands them to trials through Ray's object store).
+Tokenization happens once per (data, tokenizer, max_len) and is cached on disk, keyed on the whole
+data section (``truncation`` included) and on what the data is now (file stamps, or a hub dataset's
+revision); every trial of a study then gets the same tensors (the grid hands them to trials through
+Ray's object store).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -214,11 +216,53 @@ def _fingerprint(cfg: dict, tokenizer_id: str, max_len: int) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def tokenize_splits(splits, tokenizer, max_len: int) -> dict:
+def head_tail_budget(max_len: int, n_special: int) -> tuple[int, int]:
+    """(head, tail) text tokens that head_tail keeps: a quarter of the budget, rounded half up, and the
+    rest, so that at max_len 512 (510 text tokens) it is Sun et al.'s 128 + 382."""
+    budget = max_len - n_special
+    head = (budget + 2) // 4
+    return head, budget - head
+
+
+def _cut(ids: list[int], special: list[int], head: int, tail: int) -> list[int]:
+    """Drop the middle text tokens: the template's special tokens stay where the tokenizer put them
+    (its special_tokens_mask marks those only, not a literal '[SEP]' typed in a review)."""
+    text = np.flatnonzero(np.asarray(special) == 0)
+    keep = np.ones(len(ids), dtype=bool)
+    keep[text[head:len(text) - tail]] = False
+    return np.asarray(ids)[keep].tolist()
+
+
+def encode(texts: list[str], tokenizer, max_len: int, truncation: str = "head", chunk: int = 1024) -> dict:
+    """``input_ids`` and ``attention_mask`` tensors (n, max_len) of a list of reviews, cut to max_len
+    as ``truncation`` says (see DataConfig.truncation) and padded."""
+    if truncation in ("head", "tail"):
+        # The tokenizer's own truncation keeps the template's special tokens: [CLS] ... [SEP], <s> ... </s>.
+        side = tokenizer.truncation_side
+        tokenizer.truncation_side = "right" if truncation == "head" else "left"
+        try:
+            return tokenizer(texts, truncation=True, max_length=max_len, padding="max_length",
+                             return_tensors="pt", return_token_type_ids=False)
+        finally:
+            tokenizer.truncation_side = side
+    if truncation != "head_tail":
+        raise ValueError(f"unknown truncation {truncation!r}")
+    head, tail = head_tail_budget(max_len, tokenizer.num_special_tokens_to_add())
+    parts = []
+    for i in range(0, len(texts), chunk):  # chunks: only one chunk's untruncated ids are held at once
+        enc = tokenizer(texts[i:i + chunk], truncation=False, return_special_tokens_mask=True,
+                        return_attention_mask=False, return_token_type_ids=False, verbose=False)
+        ids = [seq if len(seq) <= max_len else _cut(seq, special, head, tail)
+               for seq, special in zip(enc["input_ids"], enc["special_tokens_mask"])]
+        parts.append(tokenizer.pad({"input_ids": ids}, padding="max_length", max_length=max_len,
+                                   return_tensors="pt"))
+    return {k: torch.cat([p[k] for p in parts]) for k in ("input_ids", "attention_mask")}
+
+
+def tokenize_splits(splits, tokenizer, max_len: int, truncation: str = "head") -> dict:
     out = {}
     for name, ds in splits.items():
-        enc = tokenizer(list(ds["text"]), truncation=True, max_length=max_len,
-                        padding="max_length", return_tensors="pt")
+        enc = encode(list(ds["text"]), tokenizer, max_len, truncation)
         out[name] = {
             # int32 / int8 halve the memory that travels through Ray's object store.
             "input_ids": enc["input_ids"].to(torch.int32),
@@ -242,8 +286,9 @@ def load_tokenized(data: dict | None, model: str, max_len: int, verbose: bool = 
             path.unlink(missing_ok=True)  # a torn write from a killed process: rebuild it
     df = load_reviews(cfg)
     splits = split_reviews(df, seed=cfg["split_seed"], max_examples=cfg["max_examples"])
-    tokens = tokenize_splits(splits, load_tokenizer(model), max_len)
+    tokens = tokenize_splits(splits, load_tokenizer(model), max_len, cfg["truncation"])
     tokens["meta"] = {"source": cfg["source"], "tokenizer": tok_id, "max_len": max_len,
+                      "truncation": cfg["truncation"],
                       **{f"n_{k}": len(v) for k, v in splits.items()}}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")

@@ -16,6 +16,8 @@ from .errors import EXIT_BAD_INPUT, StudyError
 
 
 def main(argv=None) -> int:
+    from .config import DataConfig, TrainConfig
+
     p = argparse.ArgumentParser(prog="python -m tune_study.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML or JSON file with a training config (flags override it)")
@@ -35,9 +37,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
     p.add_argument("--threads", type=int)
+    p.add_argument("--evals-per-epoch", type=int, help=TrainConfig.model_fields["evals_per_epoch"].description)
     p.add_argument("--source", help="data source: bundled | hub | file | aclimdb")
     p.add_argument("--path", help="data file or aclImdb folder (source file / aclimdb)")
     p.add_argument("--max-examples", type=int, help="stratified subsample of the data before the 8:1:1 split")
+    p.add_argument("--truncation", help=DataConfig.model_fields["truncation"].description)
     p.add_argument("--out", help="folder for the latest checkpoint and the best model")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     args = p.parse_args(argv)
@@ -52,13 +56,15 @@ def main(argv=None) -> int:
                  "scheduler": args.scheduler, "warmup_ratio": args.warmup_ratio,
                  "weight_decay": args.weight_decay, "max_len": args.max_len, "seed": args.seed,
                  "precision": args.precision, "threads": args.threads, "lr_scaling": args.lr_scaling,
-                 "lr_base_batch": args.lr_base_batch, "beta2_scaling": args.beta2_scaling}
+                 "lr_base_batch": args.lr_base_batch, "beta2_scaling": args.beta2_scaling,
+                 "evals_per_epoch": args.evals_per_epoch}
         if args.micro_batch_size is not None:
             mb = args.micro_batch_size
             flags["micro_batch_size"] = mb if mb == "auto" else int(mb)
         config.update({k: v for k, v in flags.items() if v is not None})
         data = dict(config.get("data", {}))
-        for key, val in (("source", args.source), ("path", args.path), ("max_examples", args.max_examples)):
+        for key, val in (("source", args.source), ("path", args.path), ("max_examples", args.max_examples),
+                         ("truncation", args.truncation)):
             if val is not None:
                 data[key] = val
         config["data"] = data

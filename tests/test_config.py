@@ -151,7 +151,7 @@ def test_load_space_shape(tmp_path):
     f.write_text("axes: {model: [tiny-bert], batch_size: [8, 16]}\nfixed: {lr: 1, data: {max_examples: 100}}\n")
     study = load_space(f)
     assert set(study) == {"name", "description", "axes", "fixed", "early_stopping", "resources", "max_failures",
-                          "checkpoints_to_keep", "storage_path", "path", "repeat", "tracking"}
+                          "checkpoints_to_keep", "keep_when_finished", "storage_path", "path", "repeat", "tracking"}
     assert study["name"] == "s" and study["path"] == str(f) and study["description"] == ""
     # fixed: the file's own settings (types as written) + data and evals_per_epoch filled in
     assert study["fixed"] == {"lr": 1, "evals_per_epoch": 1, "data": {**TRAIN_DEFAULTS["data"], "max_examples": 100}}
@@ -191,7 +191,7 @@ def test_train_defaults_are_the_documented_ones():
     ("resources: {gpu_fraction: {64: 2}}\n", "resources.gpu_fraction",
      "expected {max effective batch: fraction in (0, 1], default: fraction}, got {64: 2}"),
     ("num_samples: 4\n", "num_samples", "unknown key (known: axes, checkpoints_to_keep, description, "
-     "early_stopping, fixed, max_failures, name, repeat, resources, storage_path, tracking)"),
+     "early_stopping, fixed, keep_when_finished, max_failures, name, repeat, resources, storage_path, tracking)"),
 ])
 def test_errors_are_keyed_by_location(tmp_path, body, key, msg):
     with pytest.raises(StudyError) as e:

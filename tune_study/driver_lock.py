@@ -56,6 +56,20 @@ class DriverLock:
         self._fd = fd
         return self
 
+    def holder(self) -> str | None:
+        """Who holds the lock now (None: nobody), without creating the lock file."""
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_holder(fd)
+        finally:
+            os.close(fd)   # (releases the probe's own lock, if it got one)
+        return None
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)   # closing the descriptor releases the lock

@@ -167,10 +167,15 @@ def open_study_folder(study: dict, args, load, prepare) -> tuple[dict, Path, Dri
     from .results import EXPERIMENT, REPEAT_EXPERIMENT
 
     study_dir, storage = study_paths(args.results_dir, study)
-    if args.resume:
-        check_study_dir(study_dir, args.resume)   # (a missing study is refused before the lock makes a folder)
+    lock = DriverLock(study_dir)
+    # A running study is refused by naming its driver; any other refusal comes before the lock
+    # file is made, so a refused command writes nothing.
+    if (holder := lock.holder()) is not None:
+        raise StudyError(f"{study_dir}: another driver is running this study ({holder}); wait for it to "
+                         "finish, or stop it, then use --resume")
+    check_study_dir(study_dir, args.resume)
     created = not study_dir.exists()
-    lock = DriverLock(study_dir).acquire()   # first: a running study is refused by naming its driver
+    lock.acquire()   # (a driver that started since the check above is refused here)
     try:
         check_study_dir(study_dir, args.resume)
         if args.resume:

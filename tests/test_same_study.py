@@ -1,0 +1,80 @@
+"""One study per command: the smoke study (early stopping on) run twice gives the same trials and
+history, timing aside. Whether a trial waited for an earlier one (and was paused and restarted from
+its checkpoint) may differ between the runs; what the study records must not.
+
+On the smoke data every trial's val accuracy is the majority rate, so the cuts are made by the
+val-loss tie-break; ASHA (which never stops a tie) would give the same study here too, so the
+arrival-order test with ASHA as negative control is test_early_stopping's simulation."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tune_study import grid
+from tune_study.checkpoints import best_model_epoch
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "search_spaces" / "smoke.yaml"
+KEYS = ["model", "batch_size", "scheduler", "seed"]
+# what a run measures of its machine and its own execution, not what the study found
+TIMING = {"trial_id", "trial_path", "node_id", "best_model_path", "samples_per_s", "wall_time_s", "epoch_train_s",
+          "eval_s", "train_time_s", "time_this_iter_s", "time_total_s", "peak_mem_gib",
+          "resumed_from_epoch"}   # 1 where a trial was paused for an earlier trial's rung and restarted
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    import ray
+
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        dirs = []
+        for i in range(2):
+            out = tmp_path_factory.mktemp(f"run{i}")
+            assert grid.main(["--space", str(SMOKE), "--results-dir", str(out), "--no-report"]) == 0
+            dirs.append(out / "smoke")
+        return dirs
+    finally:
+        ray.shutdown()
+
+
+def study_tables(study_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    history = pd.read_parquet(study_dir / "history.parquet")
+    t = trials.drop(columns=[c for c in trials if c in TIMING]).sort_values(KEYS).reset_index(drop=True)
+    h = history.drop(columns=[c for c in history if c in TIMING]).sort_values([*KEYS, "epoch"]).reset_index(drop=True)
+    return t, h
+
+
+def test_two_runs_give_one_study(two_runs):
+    (t1, h1), (t2, h2) = (study_tables(d) for d in two_runs)
+    pd.testing.assert_frame_equal(t1, t2, check_exact=True)
+    pd.testing.assert_frame_equal(h1, h2, check_exact=True)
+    # early stopping acted: some trials were cut at epoch 1 and some ran both epochs
+    assert set(t1["epochs_run"]) == {1, 2} and t1["stopped_early"].any()
+
+
+def test_history_whole_after_pauses(two_runs):
+    """Every trial's history has each of its epochs once, with its evaluations, whether or not it
+    was paused and restarted."""
+    for study_dir in two_runs:
+        trials = pd.read_parquet(study_dir / "trials.parquet")
+        history = pd.read_parquet(study_dir / "history.parquet")
+        for t in trials.itertuples():
+            h = history[history.trial_id == t.trial_id]
+            ends = h[h.epoch_end]
+            assert list(ends.epoch) == list(range(1, t.epochs_run + 1))
+            assert len(h) == t.epochs_run * t.evals_per_epoch
+            assert ends.optimizer_steps.is_monotonic_increasing
+
+
+def test_best_model_of_every_trial(two_runs):
+    """The best model on disk is the best-val epoch's, early-stopped trials included."""
+    for study_dir in two_runs:
+        for t in pd.read_parquet(study_dir / "trials.parquet").itertuples():
+            assert (Path(t.best_model_path) / "config.json").exists(), t.best_model_path
+            assert best_model_epoch(t.best_model_path) == t.best_epoch

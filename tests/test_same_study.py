@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from tune_study import grid
 from tune_study.checkpoints import best_model_epoch
@@ -26,20 +27,25 @@ TIMING = {"trial_id", "trial_path", "node_id", "best_model_path", "samples_per_s
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
+def ray_cluster():
     import ray
 
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     ray.init(num_cpus=2, include_dashboard=False)
     try:
-        dirs = []
-        for i in range(2):
-            out = tmp_path_factory.mktemp(f"run{i}")
-            assert grid.main(["--space", str(SMOKE), "--results-dir", str(out), "--no-report"]) == 0
-            dirs.append(out / "smoke")
-        return dirs
+        yield
     finally:
         ray.shutdown()
+
+
+def run_smoke(out: Path, space: Path = SMOKE) -> Path:
+    assert grid.main(["--space", str(space), "--results-dir", str(out), "--no-report"]) == 0
+    return out / yaml.safe_load(space.read_text())["name"]
+
+
+@pytest.fixture(scope="module")
+def two_runs(ray_cluster, tmp_path_factory):
+    return [run_smoke(tmp_path_factory.mktemp(f"run{i}")) for i in range(2)]
 
 
 def study_tables(study_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -78,3 +84,27 @@ def test_best_model_of_every_trial(two_runs):
         for t in pd.read_parquet(study_dir / "trials.parquet").itertuples():
             assert (Path(t.best_model_path) / "config.json").exists(), t.best_model_path
             assert best_model_epoch(t.best_model_path) == t.best_epoch
+
+
+def test_paused_trial_restarts_from_its_checkpoint_unchanged(ray_cluster, tmp_path):
+    """Force a pause: trial 1 (micro-batch 8) reaches epoch 1 long before trial 0 (micro-batch 1,
+    8x the passes), so it waits there for trial 0 and is restarted from its checkpoint
+    (reduction_factor 1.5: 2 of 2 go on). Its history equals the same trial's without early
+    stopping (no pause): every epoch once, the same numbers, and its best model is in place."""
+    doc = yaml.safe_load(SMOKE.read_text())
+    doc["axes"] = {"model": ["tiny-bert"], "micro_batch_size": [1, 8]}
+    doc["fixed"] = {k: v for k, v in doc["fixed"].items() if k != "micro_batch_size"} | {"batch_size": 8}
+    dirs = {}
+    for name, es in (("paused", {"grace_period": 1, "reduction_factor": 1.5}), ("nostop", "off")):
+        space = tmp_path / f"{name}.yaml"
+        space.write_text(yaml.safe_dump({**doc, "name": name, "early_stopping": es}))
+        dirs[name] = run_smoke(tmp_path / name, space)
+    hist = {k: pd.read_parquet(d / "history.parquet").sort_values(["micro_batch_size", "epoch"]) for k, d in dirs.items()}
+    fast = hist["paused"][hist["paused"].micro_batch_size == 8]
+    assert list(fast.epoch) == [1, 2] and list(fast.resumed_from_epoch) == [0, 1]   # paused, restarted
+    assert (hist["nostop"].resumed_from_epoch == 0).all()
+    keep = [c for c in hist["paused"] if c not in TIMING]
+    pd.testing.assert_frame_equal(hist["paused"][keep].reset_index(drop=True),
+                                  hist["nostop"][keep].reset_index(drop=True), check_exact=True)
+    for t in pd.read_parquet(dirs["paused"] / "trials.parquet").itertuples():
+        assert t.epochs_run == 2 and best_model_epoch(t.best_model_path) == t.best_epoch

@@ -25,8 +25,9 @@ Why not Ray's own options (Ray 2.60, ray/tune/schedulers):
     ``max_concurrent_trials``: the paused trials hold every slot, so the trials that would complete
     the rung are never created.
 Here the earliest unfinished trial never waits (it only waits for earlier ones), so under any
-concurrency limit the study goes on, and the decisions are those of ASHA had the results arrived
-in trial order.
+concurrency limit the study goes on, and the decisions are ASHA's rule with the results taken in
+trial order. A wait costs the trial's slot (idle until the earlier trial reports) and a restart
+from its checkpoint (a new worker process and the checkpoint read).
 """
 from __future__ import annotations
 

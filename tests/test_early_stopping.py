@@ -19,8 +19,9 @@ DEFAULT_EPOCH1 = [(0.68, 0.5898), (0.78, 0.5915), (0.68, 0.6806), (0.61, 0.6891)
 
 
 class FakeTrial:
-    def __init__(self, i: int):
-        self.trial_id, self.status = f"t{i:02d}", Trial.PENDING
+    def __init__(self, i: int, status=Trial.PENDING, checkpoint=None):
+        self.trial_id, self.status, self.checkpoint = f"t{i:02d}", status, checkpoint
+        self.experiment_tag = f"{i}_batch_size=8"   # Tune's searchers begin the tag with the creation counter
 
 
 class FakeController:
@@ -184,6 +185,35 @@ def test_make_scheduler_from_the_study_file(tmp_path):
     # on, then 2nd of 2 at epoch 2 and stops; factor 3 (one rung, epoch 1) keeps only the best of 3
     assert outcomes(lambda: made("rf2"), curves) == {(3, 1, 2, 1)}
     assert outcomes(lambda: made("rf3"), curves) == {(3, 1, 1, 1)}
+
+
+def test_resumed_experiment_keeps_creation_order_and_finished_trials_rungs(tmp_path):
+    """Tune re-adds a resumed experiment's trials latest-result first: the order still comes from
+    creation (the tag), and a trial that finished before the interruption still counts at its rungs
+    (read from its checkpoint's history.json)."""
+    import json
+
+    from ray import tune
+
+    # trial 0 was stopped at epoch 1 with val acc 0.9 before the interruption; 1 and 2 never ran
+    ckpt = tmp_path / "checkpoint_000000"
+    ckpt.mkdir()
+    (ckpt / "history.json").write_text(json.dumps([{"epoch": 1, "val_acc": 0.9, "val_loss": 0.3}]))
+    done = FakeTrial(0, status=Trial.TERMINATED, checkpoint=tune.Checkpoint.from_directory(ckpt))
+    s = in_order(2)
+    ctl = FakeController(s)
+    t1, t2 = FakeTrial(1), FakeTrial(2)
+    for t in (t2, done, t1):          # not in creation order
+        ctl.trials.append(t)
+        s.on_trial_add(ctl, t)
+    t1.status = t2.status = Trial.RUNNING
+    # 2 reaches epoch 1 first: it waits for 1 (created before it), whatever the order they were added in
+    assert s.on_trial_result(ctl, t2, {"epoch": 1, "val_acc": 0.85, "val_loss": 0.4}) == TrialScheduler.PAUSE
+    t2.status = Trial.PAUSED
+    # 1 is 2nd of 2 behind the finished trial 0's 0.9: stops (it would go on, first, had 0 been forgotten)
+    assert s.on_trial_result(ctl, t1, {"epoch": 1, "val_acc": 0.8, "val_loss": 0.4}) == TrialScheduler.STOP
+    # that decides 2: 2nd of 3 (0.9, 0.85, 0.8) goes on, and may run again
+    assert t2.status == Trial.PAUSED and s.choose_trial_to_run(ctl) is t2
 
 
 # ----------------------------------------------------------------------------- through Ray Tune

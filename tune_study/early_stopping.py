@@ -28,9 +28,16 @@ Here the earliest unfinished trial never waits (it only waits for earlier ones),
 concurrency limit the study goes on, and the decisions are ASHA's rule with the results taken in
 trial order. A wait costs the trial's slot (idle until the earlier trial reports) and a restart
 from its checkpoint (a new worker process and the checkpoint read).
+
+A resumed experiment (``Tuner.restore``) re-adds its trials latest-result first: the order is read
+from each trial's experiment tag (Tune's searchers begin it with the creation counter), and each
+trial's rung results from its latest checkpoint's ``history.json``. A trial that was waiting when
+the experiment stopped comes back PENDING, and Tune starts pending trials without asking the
+scheduler: it goes on without its decision.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 from typing import Optional
@@ -89,7 +96,7 @@ class InOrderASHA(FIFOScheduler):
         self._time_attr, self._tie_metric = time_attr, tie_metric
         self._max_t, self._rf = max_t, reduction_factor
         self._rungs = rung_epochs(grace_period, reduction_factor, max_t)
-        self._order: dict[str, int] = {}           # trial id -> creation order
+        self._order: dict[str, tuple] = {}         # trial id -> its place in creation order
         self._keys: dict[int, dict[str, tuple]] = {r: {} for r in self._rungs}   # rung -> id -> rank key
         self._decided: dict[tuple[str, int], bool] = {}   # (id, rung) -> goes on
         self._waiting: dict[str, int] = {}         # paused id -> the rung it waits at
@@ -107,9 +114,11 @@ class InOrderASHA(FIFOScheduler):
     def on_trial_add(self, tune_controller, trial: Trial):
         if not self._metric or self._mode not in ("min", "max"):
             raise ValueError(f"InOrderASHA needs a metric and a mode, got {self._metric!r} and {self._mode!r}")
-        self._order.setdefault(trial.trial_id, len(self._order))
+        n = len(self._order)   # (creation index, arrival) is unique: the last tie-breaker
+        self._order.setdefault(trial.trial_id, (_creation_index(trial, n), n))
         if trial.status in (Trial.TERMINATED, Trial.ERROR):   # a restored experiment's finished trial
             self._done.add(trial.trial_id)
+        self._restore_rungs(trial)
 
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
         tid, epoch = trial.trial_id, result.get(self._time_attr)
@@ -144,6 +153,23 @@ class InOrderASHA(FIFOScheduler):
         stopped = sum(not v for v in self._decided.values())
         return (f"Using ASHA in trial order (rungs at epochs {self._rungs}): {stopped} stopped, "
                 f"{len(self._waiting)} paused for a rung decision")
+
+    def _restore_rungs(self, trial: Trial):
+        """A trial of a resumed experiment: its rung results, from its latest checkpoint's
+        ``history.json`` (the metrics of every epoch so far), count for the trials after it; the
+        rungs it has passed are decided (it went on), and a finished trial that ended at a rung
+        before ``max_t`` was stopped there."""
+        stored = _stored_history(trial)
+        last = max((h.get(self._time_attr) or 0 for h in stored), default=0)
+        for h in stored:
+            r = h.get(self._time_attr)
+            if r not in self._keys or self._metric not in h:
+                continue
+            self._keys[r].setdefault(trial.trial_id, self._key(trial.trial_id, h))
+            if r < last:
+                self._decided[trial.trial_id, r] = True
+            elif trial.status == Trial.TERMINATED:
+                self._decided[trial.trial_id, r] = False
 
     # -- decisions
 
@@ -195,6 +221,25 @@ class InOrderASHA(FIFOScheduler):
                     self._again = True
         finally:
             self._settling = False
+
+
+def _creation_index(trial: Trial, fallback: int) -> int:
+    """The trial's place in creation order: Tune's searchers begin the experiment tag with it
+    (``<counter>_<config>``); a resumed experiment re-adds its trials latest-result first."""
+    head = str(getattr(trial, "experiment_tag", "") or "").split("_", 1)[0]
+    return int(head) if head.isdigit() else fallback
+
+
+def _stored_history(trial: Trial) -> list[dict]:
+    """``history.json`` of the trial's latest checkpoint, read through its filesystem; [] if none."""
+    ckpt = getattr(trial, "checkpoint", None)
+    if ckpt is None:
+        return []
+    try:
+        with ckpt.filesystem.open_input_stream(f"{ckpt.path}/history.json") as f:
+            return json.loads(f.read())
+    except Exception:   # no such file (a trainable of another kind) or an unreadable checkpoint
+        return []
 
 
 def make_scheduler(study: dict, epochs: int):

@@ -114,7 +114,7 @@ class InOrderASHA(FIFOScheduler):
     def on_trial_add(self, tune_controller, trial: Trial):
         if not self._metric or self._mode not in ("min", "max"):
             raise ValueError(f"InOrderASHA needs a metric and a mode, got {self._metric!r} and {self._mode!r}")
-        n = len(self._order)   # (creation index, arrival) is unique: the last tie-breaker
+        n = len(self._order)   # (creation index, order added) is unique: the last tie-breaker
         self._order.setdefault(trial.trial_id, (_creation_index(trial, n), n))
         if trial.status in (Trial.TERMINATED, Trial.ERROR):   # a restored experiment's finished trial
             self._done.add(trial.trial_id)

@@ -271,10 +271,11 @@ def run_study(study: dict, options, param_space: dict, search_alg=None, num_samp
     ``options``: a StudyOptions (or argparse namespace with its fields). Returns the exit code:
     0, or 1 when a trial errored or the run was interrupted."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     import ray
+
+    from .early_stopping import make_scheduler
 
     study_dir, storage = study_paths(options.results_dir, study)
     # Tune's classic CLIReporter (our columns); the newer console output ignores a passed reporter.
@@ -305,11 +306,7 @@ def run_study(study: dict, options, param_space: dict, search_alg=None, num_samp
             if options.resume and repeat and tune.Tuner.can_restore(rep_path):
                 result_grid = load_result_grid(exp_path)  # the first stage finished before the repeats began
             else:
-                epochs = epochs_of(study)
-                es = study["early_stopping"]
-                scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=epochs,
-                                           grace_period=min(es["grace_period"], epochs),
-                                           reduction_factor=es["reduction_factor"]) if es else None)
+                scheduler = make_scheduler(study, epochs_of(study))   # ASHA in trial order (early_stopping)
                 space = {**param_space}
                 if "threads" not in space and not study["fixed"].get("threads"):
                     space["threads"] = threads

@@ -102,11 +102,13 @@ check_axes.what = "a non-empty mapping of axis -> values"
 
 
 class EarlyStopping(Strict):
-    """ASHA on val_acc, one rung per epoch."""
+    """ASHA on val_acc, its decisions taken in trial order (tune_study/early_stopping.py): rungs at
+    epochs grace_period * reduction_factor**k."""
     grace_period: Annotated[int, Field(ge=1), expect("an integer >= 1")] = Field(
         1, description="epochs every trial runs before the first cut")
     reduction_factor: Annotated[number(gt=1), expect("a number > 1")] = Field(
-        2, description="at each rung, all but the best 1/reduction_factor of the trials stop")
+        2, description="at each rung a trial goes on only if it is in the best 1/reduction_factor of the "
+        "trials there (itself and those created before it; ties by val loss, then trial order)")
 
 
 def to_early_stopping(v):

@@ -220,7 +220,8 @@ def test_resumed_experiment_keeps_creation_order_and_finished_trials_rungs(tmp_p
 
 # trial -> (seconds per epoch, val_acc at epochs 1, 2, 3). 1 and 3 are fast: each reaches epoch 1
 # before the slow trial before it, so it is paused; 1 then goes on (restarted from its checkpoint),
-# 3 is stopped while paused (last of 4 at epoch 1).
+# 3 is stopped while paused (last of 4 at epoch 1). "Before" is made sure, not left to timing: a
+# slow trial's first epoch ends only after the fast trial after it has reported its epoch 1.
 FAKE = {0: (4.0, [0.6, 0.6, 0.6]), 1: (0.1, [0.7, 0.75, 0.75]), 2: (4.0, [0.8, 0.9, 0.9]), 3: (0.1, [0.5, 0.5, 0.5])}
 
 
@@ -233,11 +234,13 @@ def test_through_tune_pauses_resume_from_checkpoints_without_deadlock(tmp_path):
     import ray
     from ray import tune
 
-    fake = dict(FAKE)
+    fake, marks = dict(FAKE), str(tmp_path / "marks")
+    os.makedirs(marks)
 
     # nested: Ray's workers cannot import this test module, a nested function travels by value
     def fake_trainable(config):
         import json
+        import os
         import tempfile
         import time
         from pathlib import Path
@@ -248,9 +251,19 @@ def test_through_tune_pauses_resume_from_checkpoints_without_deadlock(tmp_path):
         if (ckpt := tune.get_checkpoint()) is not None:
             with ckpt.as_directory() as d:
                 start = json.loads((Path(d) / "state.json").read_text())["epoch"]
-        seconds, accs = fake[config["i"]]
+        i = config["i"]
+        seconds, accs = fake[i]
         for epoch in range(start + 1, len(accs) + 1):
-            time.sleep(seconds)
+            # slow only in epoch 1: a paused fast trial's restart (seconds) then never catches up
+            # with the slow one at the next rung, so it waits once
+            time.sleep(seconds if epoch == 1 else 0.1)
+            if epoch == 1 and i in (0, 2):   # the slow one waits for the fast one after it to report
+                deadline = time.time() + 120
+                while not os.path.exists(os.path.join(marks, str(i + 1))) and time.time() < deadline:
+                    time.sleep(0.05)
+                time.sleep(2.0)   # its report reaches the driver first
+            if epoch == 1 and i in (1, 3):
+                open(os.path.join(marks, str(i)), "w").close()
             d = tempfile.mkdtemp()
             (Path(d) / "state.json").write_text(json.dumps({"epoch": epoch}))
             tune.report({"epoch": epoch, "val_acc": accs[epoch - 1], "val_loss": 0.5, "started_at": start},

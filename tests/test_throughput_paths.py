@@ -35,13 +35,13 @@ def test_oom_halves_micro_batch_and_keeps_the_update(monkeypatch, tmp_path):
                                report=lambda m, d: torch.save(checkpoints.load_state(d)["model"], tmp_path / "ref.pt"))
     real = training.accumulate_gradients
 
-    def tight_memory(model, micro_batches, autocast=None):
+    def tight_memory(model, micro_batches, autocast=None, noise=None):
         if max(len(mb["labels"]) for mb in micro_batches) > 4:
             # Fail the way a real OOM does: after part of the work, its dropout draws and
             # gradients, which the retry must neither keep nor let shift the RNG.
-            real(model, micro_batches[:1], autocast)
+            real(model, micro_batches[:1], autocast, noise)
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(model, micro_batches, autocast)
+        return real(model, micro_batches, autocast, noise)
 
     monkeypatch.setattr(training, "accumulate_gradients", tight_memory)
     halved = training.train({**cfg, "micro_batch_size": 16}, data=data,

@@ -243,9 +243,9 @@ def test_optimizer_steps_windows_and_lr_per_step(monkeypatch):
     real_accumulate = training.accumulate_gradients
     windows = []
 
-    def spy(model, micro, autocast=None):
+    def spy(model, micro, autocast=None, noise=None):
         windows.append(([len(mb["labels"]) for mb in micro], torch.cat([mb["input_ids"] for mb in micro])))
-        return real_accumulate(model, micro, autocast)
+        return real_accumulate(model, micro, autocast, noise)
 
     step_lrs = []
 
@@ -640,8 +640,8 @@ def _run_with_states(cfg, data, monkeypatch=None):
     states, windows = {}, []
     real = training.accumulate_gradients
 
-    def spy(model, micro, autocast=None):
-        loss = real(model, micro, autocast)
+    def spy(model, micro, autocast=None, noise=None):
+        loss = real(model, micro, autocast, noise)
         windows.append((float(loss), sum(len(mb["labels"]) for mb in micro)))
         return loss
 

@@ -21,15 +21,16 @@ replacement (each epoch is a permutation); then E|g_b|² = |G|² - S'/N + S'/b w
 so the estimates are of S' (the covariance with divisor N - 1) and of |G|² - S'/N: a bias of
 B_simple/N relative on |G|², small for a training set much larger than the noise scale (both cases
 are checked against exact values in tests/test_noise_scale.py).
+
+What B_simple is not: it assumes a Hessian proportional to the identity (the fuller B_noise =
+tr(HΣ)/GᵀHG, the paper's Eq. 2.8) and tends to overestimate the critical batch; it is defined for
+SGD (the loop runs AdamW); it grows as the loss falls, hence one value per evaluation interval.
 """
 from __future__ import annotations
 
 import math
 
 import torch
-
-# The columns this module fills: one evaluation's (since the previous one), and one epoch's.
-INTERVAL_KEYS = ("gns_g2", "gns_trace", "gns_b_simple", "gns_windows")
 
 
 def window_estimate(micro_sq: list, sizes: list[int], window_sq):
@@ -89,7 +90,8 @@ class NoiseScale:
         self._active, self._parts, self._micro, self._sizes = True, [], [], []
 
     def micro_batch_done(self, size: int) -> None:
-        self._micro.append(torch.stack(self._parts).double().square().sum())  # |c_i|², rescaled at the end
+        # |c_i|², rescaled at the end (no part: no weight got a gradient from this micro-batch)
+        self._micro.append(torch.stack(self._parts).double().square().sum() if self._parts else self._zero())
         self._sizes.append(size)
         self._parts = []
 
@@ -108,7 +110,7 @@ class NoiseScale:
         self.last = {"micro_sq": micro_sq, "sizes": list(self._sizes), "window_sq": window_sq}  # for the tests
 
     def read(self) -> dict:
-        """INTERVAL_KEYS since the previous read: mean estimates per window (NaN with no window),
+        """columns.GNS_COLUMNS since the previous read: mean estimates per window (NaN with no window),
         B_simple from the two sums, the number of windows. One host sync."""
         w, g2, trace = self._windows, float(self._g2), float(self._trace)
         self._g2, self._trace, self._windows = self._zero(), self._zero(), 0

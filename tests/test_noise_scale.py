@@ -192,7 +192,10 @@ def test_last_micro_batch_only_is_unbiased_but_noisier(runs):
 
     ours = torch.tensor([[float(v) for v in window_estimate(w["micro_sq"], w["sizes"], w["window_sq"])] for w in raw])
     last = torch.tensor([list(last_only(w)) for w in raw])
-    assert (last.std(0) > 1.3 * ours.std(0)).all()
+    assert _rel(float(last[:, 0].mean()), runs["equal"]["Q"]) <= TOL and _rel(float(last[:, 1].mean()),
+                                                                            runs["equal"]["S"]) <= TOL
+    ratio = last.std(0) / ours.std(0)   # measured 1.39 (|G|²) and 2.86 (tr(Σ)) over these 3000 windows
+    assert ratio[0] > 1.2 and ratio[1] > 2.0
 
 
 def test_undefined_where_the_sums_say_nothing():

@@ -171,7 +171,7 @@ def test_train_defaults_are_the_documented_ones():
         "scheduler": "constant", "warmup_ratio": 0.0, "weight_decay": 0.0, "lr_scaling": "none",
         "lr_base_batch": None, "beta2_scaling": "none", "max_len": 128, "seed": 0,
         "precision": "auto", "max_grad_norm": None, "eval_batch_size": 64, "threads": None, "device": "auto",
-        "compile": False, "evals_per_epoch": 1}
+        "compile": False, "evals_per_epoch": 1, "noise_scale": True}
     assert TRAIN_DEFAULTS["data"] == {"source": "bundled", "path": None, "hub_id": "stanfordnlp/imdb",
                                       "text_column": "text", "label_column": "label", "max_examples": None,
                                       "split_seed": 0, "truncation": "head"}

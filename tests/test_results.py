@@ -104,3 +104,23 @@ def test_top_configs_by_val_never_by_test():
     assert [c["batch_size"] for c in top_configs(grid, 5)] == [32, 16, 8]  # errored / unreported left out
     points = repeat_points(grid, {"top": 2, "seeds": [1, 2]})
     assert [(p["batch_size"], p["seed"]) for p in points] == [(32, 1), (32, 2), (16, 1), (16, 2)]
+
+
+def test_noise_scale_columns_reach_history_and_trials(tmp_path):
+    """Each evaluation's gns_* estimates land on its history row; the epoch's B_simple on the epoch-end
+    row; trials carry the first and the last epoch's B_simple from the last report."""
+    gns = [{"gns_g2": 0.2, "gns_trace": 3.0, "gns_b_simple": 15.0, "gns_windows": 4},
+           {"gns_g2": 0.1, "gns_trace": 4.0, "gns_b_simple": 40.0, "gns_windows": 5}]
+    evals = [[{"epoch": e + j / 2, "epoch_end": j == 2, "optimizer_steps": 10 * e + 5 * j, "samples_seen": 0,
+               "train_loss": 0.7, "val_loss": 0.69, "val_acc": 0.5, **gns[j - 1]} for j in (1, 2)] for e in (0, 1)]
+    df = pd.DataFrame([_epoch(1, evals=json.dumps(evals[0]), gns_b_simple_epoch=23.3, gns_b_simple_first_epoch=23.3),
+                       _epoch(2, evals=json.dumps(evals[1]), gns_b_simple_epoch=31.0, gns_b_simple_first_epoch=23.3)])
+    r = FakeResult(config={"batch_size": 8, "scheduler": "constant", "evals_per_epoch": 2},
+                   metrics=df.iloc[-1].to_dict(), metrics_dataframe=df, checkpoint=_checkpoint(tmp_path, "ck", None))
+    trials, history = results.export([r], STUDY, tmp_path)
+    assert set(columns.GNS_COLUMNS) <= set(history.columns)
+    assert history.gns_b_simple.tolist() == [15.0, 40.0, 15.0, 40.0]
+    assert history.gns_windows.tolist() == [4, 5, 4, 5]
+    assert history.gns_b_simple_epoch.tolist()[1::2] == [23.3, 31.0]
+    assert history.gns_b_simple_epoch.isna().tolist()[::2] == [True, True]
+    assert (trials.loc[0, "gns_b_simple_first_epoch"], trials.loc[0, "gns_b_simple_epoch"]) == (23.3, 31.0)

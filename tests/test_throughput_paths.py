@@ -2,6 +2,9 @@
 batch and order, GPU-fraction packing, and the benchmark's table."""
 from __future__ import annotations
 
+import math
+import re
+
 import pandas as pd
 import pytest
 import torch
@@ -35,13 +38,13 @@ def test_oom_halves_micro_batch_and_keeps_the_update(monkeypatch, tmp_path):
                                report=lambda m, d: torch.save(checkpoints.load_state(d)["model"], tmp_path / "ref.pt"))
     real = training.accumulate_gradients
 
-    def tight_memory(model, micro_batches, autocast=None):
+    def tight_memory(model, micro_batches, autocast=None, noise=None):
         if max(len(mb["labels"]) for mb in micro_batches) > 4:
             # Fail the way a real OOM does: after part of the work, its dropout draws and
             # gradients, which the retry must neither keep nor let shift the RNG.
-            real(model, micro_batches[:1], autocast)
+            real(model, micro_batches[:1], autocast, noise)
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(model, micro_batches, autocast)
+        return real(model, micro_batches, autocast, noise)
 
     monkeypatch.setattr(training, "accumulate_gradients", tight_memory)
     halved = training.train({**cfg, "micro_batch_size": 16}, data=data,
@@ -178,9 +181,25 @@ def test_bench_writes_table_with_baseline_ratio(tmp_path, capsys):
     assert bench.main(["--models", "tiny-bert", "--batch-sizes", "8", "--steps", "2", "--max-len", "32",
                        "--out", str(tmp_path)]) == 0
     df = pd.read_csv(tmp_path / "bench.csv")
-    assert list(df.case) == ["tune_study", "HF Trainer"]
+    assert list(df.case) == ["tune_study", "tune_study, noise scale off", "HF Trainer"]
     ours = df[df.case == "tune_study"].iloc[0]
+    off = df[df.case == "tune_study, noise scale off"].iloc[0]
     hf = df[df.case == "HF Trainer"].iloc[0]
     assert ours.samples_per_s > 0 and hf.samples_per_s > 0
     assert ours.x_vs_trainer == pytest.approx(ours.samples_per_s / hf.samples_per_s)
-    assert "| tune_study |" in (tmp_path / "bench.md").read_text()
+    assert ours.noise_scale_cost == pytest.approx(off.samples_per_s / ours.samples_per_s - 1)
+    assert re.search(r"\| tune_study +\|", (tmp_path / "bench.md").read_text())
+
+
+def test_bench_table_takes_the_median_of_repeats_and_the_noise_scale_cost():
+    """--repeats: one row per case at its median rate; the cost compares the two medians."""
+    rows = [{"model": "m", "case": case, "batch": 64, "samples_per_s": r, "flops_per_sample": 1.0}
+            for r_on, r_off in ((100.0, 110.0), (90.0, 120.0), (95.0, 100.0))
+            for case, r in (("tune_study", r_on), ("tune_study, noise scale off", r_off))]
+    rows.append({"model": "m", "case": "tune_study", "batch": 16, "error": "OOM"})
+    df = bench.table(rows, math.nan)
+    assert list(zip(df.case, df.batch)) == [("tune_study", 64), ("tune_study, noise scale off", 64),
+                                             ("tune_study", 16)]
+    assert df.samples_per_s.tolist()[:2] == [95.0, 110.0]
+    assert df.noise_scale_cost.iloc[0] == pytest.approx(110.0 / 95.0 - 1)
+    assert math.isnan(df.noise_scale_cost.iloc[1]) and df.error.iloc[2] == "OOM"

@@ -5,9 +5,12 @@
     python -m tune_study.bench --concurrent 4        # + 4 batch-16 trials sharing the device
     python -m tune_study.bench --compile 16 256      # + torch.compile at batch 16 and 256 (GPU)
     python -m tune_study.bench --check-bf16 300      # + bf16 vs fp32 loss over 300 steps
+    python -m tune_study.bench --repeats 3           # each of ours on / off 3 times, interleaved: median
 
 "ours" is ``training.train`` itself (one warm-up epoch, one timed epoch, synthetic tokens): the
-same accumulation, optimizer, autocast and micro-batch choice as a trial. The baseline is what the
+same accumulation, optimizer, autocast and micro-batch choice as a trial, with the gradient noise scale
+measured (a trial's default) and, in the row after it, without: ``noise_scale_cost`` is the step-time
+increase the measurement costs (time on / time off - 1). The baseline is what the
 seed would write with transformers: ``Trainer`` at micro-batch 16 x accumulation, bf16 on a GPU.
 MFU = samples/s x training FLOPs per sample / the bf16 matmul rate measured here at start.
 Writes bench.md and bench.csv to --out and prints the table.
@@ -74,6 +77,7 @@ def matmul_peak() -> float:
     return 20 * 2 * 8192**3 / (time.perf_counter() - t)
 
 
+NOISE_OFF = ", noise scale off"
 MIN_TIMED_SAMPLES = 2048  # a timed epoch shorter than this is mostly noise at batch 16
 
 
@@ -82,7 +86,7 @@ def timed_steps(batch: int, steps: int) -> int:
 
 
 def ours(model: str, batch: int, micro, max_len: int, steps: int, precision: str, compile_: bool = False,
-         barrier=None) -> dict:
+         barrier=None, noise_scale: bool = True) -> dict:
     """``training.train`` for two epochs on synthetic tokens; epoch 2 is the timed one. With a
     ``barrier`` (concurrent trials), every process starts its timed epoch at the same moment."""
     from .training import train
@@ -90,7 +94,7 @@ def ours(model: str, batch: int, micro, max_len: int, steps: int, precision: str
     n = batch * timed_steps(batch, steps)
     data = {"train": synthetic(n, max_len), "val": synthetic(8, max_len, seed=1), "test": synthetic(8, max_len, seed=2)}
     cfg = {"model": model, "batch_size": batch, "micro_batch_size": micro, "max_len": max_len, "epochs": 2,
-           "precision": precision, "compile": compile_, "lr": 5e-5}
+           "precision": precision, "compile": compile_, "lr": 5e-5, "noise_scale": noise_scale}
 
     marks = {}
 
@@ -105,7 +109,8 @@ def ours(model: str, batch: int, micro, max_len: int, steps: int, precision: str
     hist = train(cfg, data=data, report=start_together if barrier else None, checkpoints=False)
     m = hist[-1]  # epoch 2: warm (allocator, kernels, compile) and timed alone
     fps = model_flops_per_sample(model, max_len)
-    return {"model": model, "case": "tune_study" + (" compiled" if compile_ else ""), "batch": batch,
+    case = "tune_study" + (" compiled" if compile_ else "") + ("" if noise_scale else NOISE_OFF)
+    return {"model": model, "case": case, "batch": batch,
             "micro": m["micro_batch_size"], "accum": m["accumulation_steps"], "precision": m["precision"],
             "samples_per_s": m["samples_per_s"], "flops_per_sample": fps, "peak_gib": m["peak_mem_gib"],
             "oom_halvings": m["oom_halvings"], "wall_s": time.perf_counter() - t0, "device": m["device"],
@@ -242,6 +247,9 @@ def table(rows: list[dict], peak: float):
     """The rows as a DataFrame with MFU and the ratio to HF Trainer (same model; at the same batch
     if it was timed there, else at the largest batch it was timed at: its micro-batch is 16 anyway)."""
     df = pd.DataFrame(rows)
+    key = ["model", "case", "batch"] + (["error"] if "error" in df else [])  # a failed repeat: a row of its own
+    df = df.groupby(key, sort=False, as_index=False, dropna=False).agg(  # --repeats: the median rate
+        {c: "median" if c == "samples_per_s" else "first" for c in df.columns if c not in key})
     for col in ("micro", "accum", "precision", "samples_per_s", "flops_per_sample", "peak_gib", "oom_halvings",
                 "wall_s", "error"):
         if col not in df:
@@ -253,6 +261,10 @@ def table(rows: list[dict], peak: float):
     df["x_vs_trainer"] = [math.nan if r.case == "HF Trainer" else
                           r.samples_per_s / same.get((r.model, r.batch), largest.get(r.model, math.nan))
                           for r in df.itertuples()]
+    off = {(r.model, r.case.removesuffix(NOISE_OFF), r.batch): r.samples_per_s for r in df.itertuples()
+           if r.case.endswith(NOISE_OFF)}
+    df["noise_scale_cost"] = [off.get((r.model, r.case, r.batch), math.nan) / r.samples_per_s - 1
+                              for r in df.itertuples()]
     return df
 
 
@@ -274,6 +286,8 @@ def main(argv=None) -> int:
                    help="also time ours under torch.compile (GPU), at the given batch sizes (default: all)")
     p.add_argument("--skip-eager", action="store_true", help="do not time ours uncompiled (e.g. with --compile)")
     p.add_argument("--concurrent", type=int, default=0, help="also time K batch-16 trials sharing the device")
+    p.add_argument("--repeats", type=int, default=1, help="run ours with and without the noise scale this many "
+                   "times each, interleaved, and report the median rate (a loaded machine's timing noise)")
     p.add_argument("--check-bf16", type=int, default=0, metavar="STEPS", help="also compare bf16 and fp32 loss")
     p.add_argument("--out", default=None, help="folder for bench.md / bench.csv (default results/bench/<device>)")
     args = p.parse_args(argv)
@@ -290,7 +304,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rows, extra = [], []
     cols = ["model", "case", "batch", "micro", "accum", "precision", "samples_per_s", "x_vs_trainer", "mfu",
-            "peak_gib", "wall_s"]
+            "noise_scale_cost", "peak_gib", "wall_s"]
 
     def write() -> str:
         """bench.csv and bench.md as they stand: a run cut short keeps every case it finished."""
@@ -330,10 +344,15 @@ def main(argv=None) -> int:
                      16, args.max_len, args.steps, args.precision, True)
         for b in args.batch_sizes:
             m = micro if micro == "auto" else min(micro, b)
-            if not args.skip_eager:
-                case("tune_study", ours, model, b, m, args.max_len, args.steps, args.precision)
-            if compiled(b):
-                case("tune_study compiled", ours, model, b, m, args.max_len, args.steps, args.precision, compile_=True)
+            for _ in range(args.repeats):
+                for noise in (True, False):  # same run, back to back: the measurement's cost
+                    tail = "" if noise else NOISE_OFF
+                    if not args.skip_eager:
+                        case("tune_study" + tail, ours, model, b, m, args.max_len, args.steps, args.precision,
+                             noise_scale=noise)
+                    if compiled(b):
+                        case("tune_study compiled" + tail, ours, model, b, m, args.max_len, args.steps, args.precision,
+                             compile_=True, noise_scale=noise)
             if not args.no_baseline and b <= args.baseline_max_batch:
                 case("HF Trainer", hf_trainer, model, b, args.max_len, args.steps)
     if args.check_bf16:

@@ -20,8 +20,13 @@ AXIS_ORDER = ["model", "batch_size", "scheduler", "seed"]
 # configs that run after the grid or search in the same study folder.
 STAGES = ("grid", "search", "repeat")
 
-# One evaluation of val (mid-epoch or at the epoch's end).
-EVAL_COLUMNS = ["epoch", "epoch_end", "optimizer_steps", "samples_seen", "train_loss", "val_loss", "val_acc"]
+# One evaluation of val (mid-epoch or at the epoch's end), with the gradient noise scale measured in
+# the accumulation windows since the previous evaluation (noise_scale.py; NaN and 0 windows when it is
+# off): the mean per window of the unbiased estimates of |G|^2 and tr(Sigma), B_simple = the ratio of
+# their sums (NaN where either sum is <= 0), and the number of windows measured.
+GNS_COLUMNS = ["gns_g2", "gns_trace", "gns_b_simple", "gns_windows"]
+EVAL_COLUMNS = ["epoch", "epoch_end", "optimizer_steps", "samples_seen", "train_loss", "val_loss", "val_acc",
+                *GNS_COLUMNS]
 
 # Reported at each epoch's end (the rows of history with epoch_end True carry them too).
 EPOCH_COLUMNS = [
@@ -30,6 +35,8 @@ EPOCH_COLUMNS = [
     "test_acc", "test_loss", "test_nll", "test_ece", "test_confidence", "test_reliability",
     "micro_batch_size", "accumulation_steps", "oom_halvings", "peak_mem_gib", "precision", "device",
     "n_train", "n_val", "n_test", "val_majority_rate", "resumed_from_epoch", "best_model_path",
+    # B_simple over all the windows of this epoch, and over those of the first epoch
+    "gns_b_simple_epoch", "gns_b_simple_first_epoch",
     "evals",  # the epoch's evaluations (mid-epoch ones and the epoch's end): a JSON list of EVAL_COLUMNS rows
 ]
 
@@ -40,6 +47,7 @@ RUNNER_COLUMNS = ["node_id", "gpu_share", "replayed", "from_checkpoint", "time_t
 HISTORY_COLUMNS = [*EVAL_COLUMNS, "lr", "lr_peak", "beta2", "samples_per_s", "epoch_train_s", "eval_s",
                    "best_epoch", "best_val_acc", "test_acc", "test_loss", "test_ece", "test_confidence",
                    "micro_batch_size", "accumulation_steps", "oom_halvings", "peak_mem_gib", "resumed_from_epoch",
+                   "gns_b_simple_epoch",
                    "replayed", "from_checkpoint", "time_this_iter_s", "time_total_s"]
 
 # The trials table, after the trial id, stage and axes.
@@ -50,6 +58,7 @@ TRIAL_COLUMNS = [
     "test_confidence", "test_reliability", "samples_per_s", "wall_time_s", "best_model_path",
     "micro_batch_size", "accumulation_steps", "peak_mem_gib", "oom_halvings", "device", "gpu_share",
     "precision", "node_id", "n_train", "n_val", "n_test", "val_majority_rate", "evals_per_epoch",
+    "gns_b_simple_first_epoch", "gns_b_simple_epoch",   # B_simple over the first epoch, and over the last one run
     "error", "trial_path",
 ]
 

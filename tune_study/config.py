@@ -133,6 +133,10 @@ class TrainConfig(Strict):
         False, description="torch.compile the model (CUDA; never in CUDA-graph mode)")
     evals_per_epoch: Annotated[int, Field(ge=1), expect("an integer >= 1")] = Field(
         1, description="evaluate val at this many evenly spaced points of each epoch (the last at its end)")
+    noise_scale: Annotated[bool, expect("true or false")] = Field(
+        True, description="measure the gradient noise scale B_simple in the accumulation windows and report it "
+        "at every evaluation; a window of one micro-batch is then run as two halves (its gradient is the same; "
+        "dropout draws other masks)")
     data: DataConfig = Field(default_factory=DataConfig, description="the dataset, the same for every trial "
                             "(data cannot be an axis)")
 

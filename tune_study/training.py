@@ -31,20 +31,26 @@ from .errors import StudyError
 from .evaluation import batch, eval_points, evaluate, on_device, sdpa_bert
 from .lr_scaling import adamw_settings
 from .metrics import calibration
+from .noise_scale import NoiseScale, halves
+from .noise_scale import read as read_noise
 
 # ----------------------------------------------------------------------------- the update
 
-def accumulate_gradients(model, micro_batches: list[dict], autocast=None) -> torch.Tensor:
+def accumulate_gradients(model, micro_batches: list[dict], autocast=None,
+                         noise: NoiseScale | None = None) -> torch.Tensor:
     """Backpropagate one effective batch given as micro-batches (sizes may differ).
 
     Leaves in ``.grad`` the gradient of the mean cross-entropy over *all* examples of all
     micro-batches, exactly as one forward/backward of the concatenated batch would (up to float
     rounding), and returns that mean loss as a 0-d tensor (no host sync). Each micro-batch is a dict
     with ``input_ids``, ``attention_mask`` and ``labels`` on the model's device. Gradients add up
-    onto whatever ``.grad`` holds already; zero them before calling.
+    onto whatever ``.grad`` holds already; zero them before calling. ``noise``: the noise-scale
+    meter, whose hooks on the parameters read each micro-batch's gradient (``.grad`` must be None).
     """
     n_total = sum(len(mb["labels"]) for mb in micro_batches)
     total = None
+    if noise is not None:
+        noise.start_window()  # here, so an OOM retry of the window starts its measurement over
     for mb in micro_batches:
         with autocast or contextlib.nullcontext():
             logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits
@@ -55,6 +61,10 @@ def accumulate_gradients(model, micro_batches: list[dict], autocast=None) -> tor
         loss_sum = F.cross_entropy(logits, mb["labels"], reduction="sum")
         (loss_sum / n_total).backward()
         total = loss_sum.detach() if total is None else total + loss_sum.detach()
+        if noise is not None:
+            noise.micro_batch_done(len(mb["labels"]))
+    if noise is not None:
+        noise.end_window()
     return total / n_total
 
 
@@ -134,6 +144,7 @@ def train(config: dict, report: Callable[[dict, str | None], object] | None = No
     points = eval_points(steps_per_epoch, c["evals_per_epoch"])
     model, step_model, optimizer, scheduler = _build(c, device, steps_per_epoch * c["epochs"])
     run = _start(resume_from, output_dir, model, optimizer, scheduler)
+    noise = NoiseScale(model.parameters(), device) if c["noise_scale"] else None  # hooks on the weights
     m, resumed_from, progress = run["micro_batch_size"] or m, run["epoch"], run["progress"]
     best_path = str(Path(output_dir) / BEST_MODEL) if output_dir else ""
 
@@ -144,8 +155,9 @@ def train(config: dict, report: Callable[[dict, str | None], object] | None = No
         for step in range(steps_per_epoch):
             window, window_cpu = order[step * B:(step + 1) * B], order_cpu[step * B:(step + 1) * B]  # last: the rest
             loss, m, halvings = memory.accumulate_fitting(
-                lambda micro: accumulate_gradients(step_model, micro, autocast),
-                _micro_batches(train_split, window, window_cpu, sdpa_bert(model)), m, optimizer, device, cache_key)
+                lambda micro: accumulate_gradients(step_model, micro, autocast, noise),
+                _micro_batches(train_split, window, window_cpu, sdpa_bert(model), noise is not None), m, optimizer,
+                device, cache_key)
             progress["oom_halvings"] += halvings
             if c["max_grad_norm"]:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), c["max_grad_norm"])
@@ -157,6 +169,7 @@ def train(config: dict, report: Callable[[dict, str | None], object] | None = No
                 seen = min((step + 1) * B, n_train)
                 at = {"epoch": epoch + points[step + 1], "epoch_end": step + 1 == steps_per_epoch,
                       "optimizer_steps": progress["steps"] + step + 1, "samples_seen": progress["samples"] + seen}
+                at.update(read_noise(noise))  # the noise scale since the last evaluation (a host sync)
                 row, eval_bs, seconds = _eval_point(model, val_split, eval_bs, autocast, device, loss_sum, seen, at)
                 evals, eval_s = [*evals, row], eval_s + seconds
         epoch_time = time.perf_counter() - t0 - eval_s  # training only
@@ -181,7 +194,8 @@ def train(config: dict, report: Callable[[dict, str | None], object] | None = No
             "beta2": optimizer.param_groups[0]["betas"][1],
             "samples_per_s": n_train / epoch_time, "epoch_train_s": epoch_time, "eval_s": eval_s, "micro_batch_size": m, "accumulation_steps": math.ceil(B / m),
             "peak_mem_gib": memory.peak_memory_gib(device), "resumed_from_epoch": resumed_from,
-            "best_model_path": best_path if run["best"]["epoch"] else ""})
+            "best_model_path": best_path if run["best"]["epoch"] else "",
+            "gns_b_simple_epoch": noise.epoch_b_simple() if noise is not None else math.nan})
         run.update(epoch=epoch + 1, micro_batch_size=m)
         run["history"].append(metrics)
         stop = _report(report, metrics, checkpoints and (lambda: _state(model, optimizer, scheduler, run)))
@@ -228,9 +242,13 @@ def _epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> tuple[t
     return order, order.to(device)
 
 
-def _micro_batches(split: dict, window: torch.Tensor, window_cpu: torch.Tensor, prepared: bool):
-    """The window cut into micro-batches of a size given later (it shrinks after an OOM)."""
-    return lambda m: [batch(split, window[i:i + m], window_cpu[i:i + m], prepared) for i in range(0, len(window), m)]
+def _micro_batches(split: dict, window: torch.Tensor, window_cpu: torch.Tensor, prepared: bool, measuring: bool):
+    """The window cut into micro-batches of a size given later (it shrinks after an OOM); when
+    ``measuring`` the noise scale, a window of one micro-batch is cut in two halves (``halves``)."""
+    def cut(m):
+        m = halves(len(window), m, measuring)
+        return [batch(split, window[i:i + m], window_cpu[i:i + m], prepared) for i in range(0, len(window), m)]
+    return cut
 
 
 def _build(c: dict, device: torch.device, total_steps: int):
@@ -275,13 +293,15 @@ def _epoch_metrics(epoch: int, evals: list[dict], run: dict, facts: dict, this_e
     """The epoch's report: the epoch-end evaluation, the epoch's evaluations as JSON, the best-val
     weights' test numbers, progress, and facts of the run; exactly columns.py's names."""
     best, progress = run["best"], run["progress"]
+    first = (run["history"][0].get("gns_b_simple_epoch", math.nan) if run["history"]  # carried from epoch 1
+             else this_epoch["gns_b_simple_epoch"])
     return _columns(EVAL_COLUMNS + EPOCH_COLUMNS, {
         **evals[-1], "epoch": epoch, "evals": json.dumps(evals), **this_epoch, **facts,
         "train_time_s": progress["train_time_s"], "oom_halvings": progress["oom_halvings"],
         "best_epoch": best["epoch"], "best_val_acc": best["val_acc"], "best_val_loss": best["val_loss"],
         "test_acc": best["test_acc"], "test_loss": best["test_loss"], "test_nll": best["test_loss"],
         "test_ece": best["test_ece"], "test_confidence": best["test_confidence"],
-        "test_reliability": best["test_reliability"]})
+        "test_reliability": best["test_reliability"], "gns_b_simple_first_epoch": first})
 
 
 def _fresh_run() -> dict:

@@ -17,7 +17,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "slow: a longer test (e.g. real fine-tuning); still runs by default")
+        "markers", "slow: a longer test (a Ray Tune study end to end, real fine-tuning); still runs by "
+        "default; `pytest -m 'not slow'` is the fast tier")
+
+
+# The fast tier (`-m "not slow"`) is every test that needs no Ray cluster: config, data, the loop on
+# tiny-bert, the report on synthetic exports. These fixtures and modules start Ray (or run whole
+# studies), so their tests are slow wherever they are used.
+SLOW_FIXTURES = {"ray_cluster", "smoke_study", "two_nodes", "tracked_smoke", "two_runs", "smoke_search"}
+SLOW_MODULES = {"test_faults", "test_study", "test_cluster", "test_same_study", "test_callbacks"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(item.fixturenames) or item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session", autouse=True)

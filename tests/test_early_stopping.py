@@ -225,6 +225,7 @@ def test_resumed_experiment_keeps_creation_order_and_finished_trials_rungs(tmp_p
 FAKE = {0: (4.0, [0.6, 0.6, 0.6]), 1: (0.1, [0.7, 0.75, 0.75]), 2: (4.0, [0.8, 0.9, 0.9]), 3: (0.1, [0.5, 0.5, 0.5])}
 
 
+@pytest.mark.slow
 def test_through_tune_pauses_resume_from_checkpoints_without_deadlock(tmp_path):
     """Real Tune, max_concurrent_trials 2 (paused trials count against it): the study finishes,
     the decisions are the worked ones, and a paused trial goes on from its checkpoint with every

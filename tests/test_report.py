@@ -149,6 +149,7 @@ def test_cli(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- the real smoke study (Ray)
 
+@pytest.mark.slow
 def test_report_from_smoke_study(tmp_path):
     import ray
 

@@ -348,7 +348,9 @@ def run_study(study: dict, options, param_space: dict, search_alg=None, num_samp
             try:
                 from .report import build_report
 
-                build_report(study_dir)
+                headline = []
+                build_report(study_dir, headline=headline)
+                print("\n" + "\n".join(headline))   # the answer in the console, then where the rest is
                 print(f"report: {study_dir / 'report.md'}")
             except Exception as e:  # the exports are written; a report problem must not sink the study
                 report_error = e

@@ -23,10 +23,12 @@ DEFAULT_MARGIN = 0.02
 OWN_OUTPUTS = ("report.md", "test_table.csv", "expected_max_table.csv")
 
 
-def build_report(study_dir, margin: float = DEFAULT_MARGIN, log=print, figures: bool = True) -> Path:
+def build_report(study_dir, margin: float = DEFAULT_MARGIN, log=print, figures: bool = True,
+                 headline: list | None = None) -> Path:
     """Write report.md, the report's tables and figures into ``study_dir``; returns report.md's path.
 
-    ``margin``: the val-acc band around the majority-class rate that counts as collapsed. Raises
+    ``margin``: the val-acc band around the majority-class rate that counts as collapsed; ``headline``,
+    a list, receives the report's few headline lines (``report.headline``). Raises
     StudyError when ``study_dir`` is not a study folder. The exports themselves are only read.
     """
     from .build import analyse, write_outputs
@@ -37,6 +39,10 @@ def build_report(study_dir, margin: float = DEFAULT_MARGIN, log=print, figures: 
     an.figures = write_outputs(an, figures=figures)
     out = study.path / "report.md"
     out.write_text(render(an))
+    if headline is not None:  # the few lines a driver prints at the end of a study
+        from .headline import headline as lines
+
+        headline.extend(lines(an))
     return out
 
 

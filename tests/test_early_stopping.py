@@ -282,6 +282,12 @@ def test_through_tune_pauses_resume_from_checkpoints_without_deadlock(tmp_path):
     finally:
         ray.shutdown()
     runs = {r.config["i"]: r.metrics_dataframe for r in grid}
+    # the saved experiment state (what the exports and --resume read) knows every trial finished,
+    # the one stopped while paused included
+    from ray.tune import ExperimentAnalysis
+
+    saved = {t.config["i"]: t.status for t in ExperimentAnalysis(str(tmp_path / "fake")).trials}
+    assert saved == {0: "TERMINATED", 1: "TERMINATED", 2: "TERMINATED", 3: "TERMINATED"}, saved
     assert {i: list(df["epoch"]) for i, df in runs.items()} == {0: [1, 2, 3], 1: [1, 2, 3], 2: [1, 2, 3], 3: [1]}
     # a trial paused at epoch 1 restarted from its epoch-1 checkpoint (1 or 3 reached epoch 1 first)
     assert list(runs[1]["started_at"]) == [0, 1, 1], "trial 1 was not paused: the slow trial 0 was not slow enough"

@@ -218,9 +218,25 @@ class InOrderASHA(FIFOScheduler):
                         trial = next((t for t in tune_controller.get_trials() if t.trial_id == tid), None)
                         if trial is not None:
                             tune_controller.stop_trial(trial)
+                            _save_status(tune_controller, trial)
                     self._again = True
         finally:
             self._settling = False
+
+
+def _save_status(tune_controller, trial: Trial) -> None:
+    """Make Tune write a trial stopped while PAUSED into its experiment state. Ray 2.60 re-serializes a
+    trial there only when it is marked (on a result, when its actor stops); a paused trial has no
+    actor, so its TERMINATED status never reached the file: the exports called it PAUSED and
+    ``--resume`` would have trained it on. No public API marks a trial; the scheduler's controller
+    is wrapped (``TrialRunnerWrapper``), so this reaches through it, and says so if it cannot."""
+    controller = getattr(tune_controller, "_tune_controller", tune_controller)
+    mark = getattr(controller, "_mark_trial_to_checkpoint", None)
+    if mark is None:
+        log.warning("trial %s was stopped while paused, but this Ray version cannot be asked to save its "
+                    "status: the saved experiment state may still call it PAUSED", trial)
+        return
+    mark(trial)
 
 
 def _creation_index(trial: Trial, fallback: int) -> int:

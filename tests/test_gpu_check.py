@@ -137,16 +137,17 @@ def test_noise_scale_table_and_its_summary(tmp_path):
     out = tmp_path / "out"
     (out / "noise_scale").mkdir(parents=True)
     rows = [r16, {"batch": 256, "error": "OutOfMemoryError: CUDA out of memory"}, r1024]
-    ns.write(out / "noise_scale", "bert-base-random", rows)
+    ns.write(out / "noise_scale", "bert-base-random", rows, 100)
     res = gpu_check.summarize(out, tmp_path / "work", [], smoke=False)
     md = (out / "gpu_check.md").read_text()
     assert "## noise_scale: B_simple of bert-base-random at batch 16 / 256 / 1024" in md
+    assert "2 epochs of the first min(n_train, 100 x batch) training examples" in md
     assert "| ≥ 6,000 samples/s" in md and "≤ 10 min" not in md   # no grid ran: no projection row
     # the cost is that of the largest micro-batch measured: 512 at batch 1024, not batch 16's halves
     assert "(512, batch 1024, this GPU): +2.0% step time (5,000 samples/s with it, 5,100 without)" in md
     assert "batch 256: failed: OutOfMemoryError" in md
     assert [r["batch"] for r in res["noise_scale"]["rows"]] == [16, 256, 1024]
-    ns.write(out / "noise_scale", "bert-base-random", [r16])   # without the large micro-batch: batch 16's
+    ns.write(out / "noise_scale", "bert-base-random", [r16], 100)   # without the large micro-batch: batch 16's
     gpu_check.summarize(out, tmp_path / "work", [], smoke=True)
     md = (out / "gpu_check.md").read_text()
     assert "(8, batch 16, a CPU smoke run, not a GPU-sized micro-batch): +100.0% step time" in md

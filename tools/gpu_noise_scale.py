@@ -5,7 +5,7 @@ GPU picks.
 Per batch size B (16 / 256 / 1024 on a GPU; 4 / 16 / 64 with --smoke): ``training.train`` (no Ray)
 on the shortened grid's tokenized data (search_spaces/gpu_short.yaml: real IMDB reviews, max_len
 128, bf16, constant lr 5e-5), two epochs of the first min(n_train, 100 B) training examples, so an
-epoch is at most 100 optimizer steps and batch 16 stays within seconds; val is evaluated twice an
+epoch is at most 100 optimizer steps (4 with --smoke) and batch 16 stays within seconds; val is evaluated twice an
 epoch, and each evaluation closes one measuring interval. Then the same run with ``noise_scale``
 off, at the micro-batch the first run used: ``noise_scale_cost`` = samples/s off / samples/s on - 1,
 both from the warm second epoch. A window that fits in one micro-batch is measured as two halves
@@ -22,7 +22,8 @@ from pathlib import Path
 
 GPU_BATCHES = (16, 256, 1024)
 SMOKE_BATCHES = (4, 16, 64)   # tiny-bert on a CPU (micro-batch min(B, 16)): halved windows and accumulated ones
-EPOCHS, EVALS_PER_EPOCH, MAX_STEPS_PER_EPOCH = 2, 2, 100
+EPOCHS, EVALS_PER_EPOCH = 2, 2
+MAX_STEPS_PER_EPOCH = {"gpu": 100, "smoke": 4}   # the smoke run shows the stage works, in seconds
 COLUMNS = ["batch", "micro_batch_size", "accumulation", "micro_measured", "windows", "n_train",
            "b_simple_first", "samples_first", "b_simple_end", "b_simple_last_epoch",
            "samples_per_s", "samples_per_s_off", "noise_scale_cost", "peak_mem_gib", "wall_s"]
@@ -56,17 +57,17 @@ def first_examples(data: dict, n: int) -> dict:
     return {**data, "train": {k: v[:n] for k, v in data["train"].items()}}
 
 
-def measure(model: str, batch: int, data: dict, fixed: dict, epochs: int = EPOCHS) -> dict:
+def measure(model: str, batch: int, data: dict, fixed: dict, max_steps: int = MAX_STEPS_PER_EPOCH["gpu"]) -> dict:
     """Train ``model`` at ``batch`` with the measurement, then without it at the micro-batch the
     first run used (its probe's answer); the table row of the two."""
     import torch
 
     from tune_study.training import train
 
-    n = min(len(data["train"]["labels"]), MAX_STEPS_PER_EPOCH * batch)
+    n = min(len(data["train"]["labels"]), max_steps * batch)
     part = first_examples(data, n)
     cfg = {**{k: fixed[k] for k in ("scheduler", "lr", "max_len", "precision", "seed") if k in fixed},
-           "model": model, "batch_size": batch, "micro_batch_size": "auto", "epochs": epochs,
+           "model": model, "batch_size": batch, "micro_batch_size": "auto", "epochs": EPOCHS,
            "evals_per_epoch": EVALS_PER_EPOCH}
     t0 = time.perf_counter()
     on = train({**cfg, "noise_scale": True}, data=part, checkpoints=False)
@@ -92,20 +93,21 @@ def stage(out: Path, space: str, model: str, smoke: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     fixed = load_space(space, kind="grid")["fixed"]
     data = load_tokenized(fixed["data"], model, fixed["max_len"])
-    rows = []
+    rows, steps = [], MAX_STEPS_PER_EPOCH["smoke" if smoke else "gpu"]
     for b in SMOKE_BATCHES if smoke else GPU_BATCHES:
         try:
-            rows.append(measure(model, b, data, fixed))
+            rows.append(measure(model, b, data, fixed, steps))
         except Exception as e:   # one batch size's failure (an OOM the loop could not halve away) costs itself only
             rows.append({"batch": b, "error": f"{type(e).__name__}: {e}"[:300]})
         print(json.dumps(rows[-1]), flush=True)
-        write(out, model, rows)
+        write(out, model, rows, steps)
     if any("error" in r for r in rows):
         raise SystemExit(1)
 
 
-def write(out: Path, model: str, rows: list[dict]) -> None:
-    (out / "noise_scale.json").write_text(json.dumps({"model": model, "rows": rows}, indent=1))
+def write(out: Path, model: str, rows: list[dict], max_steps: int) -> None:
+    doc = {"model": model, "max_steps_per_epoch": max_steps, "rows": rows}
+    (out / "noise_scale.json").write_text(json.dumps(doc, indent=1))
 
 
 def read(out: Path) -> dict | None:
@@ -124,7 +126,7 @@ def summary_lines(result: dict, smoke: bool) -> list[str]:
     lines = [f"## noise_scale: B_simple of {result['model']} at batch "
              f"{' / '.join(str(r['batch']) for r in result['rows'])}", "",
              f"`training.train` on the shortened grid's data, {EPOCHS} epochs of the first min(n_train, "
-             f"{MAX_STEPS_PER_EPOCH} x batch) training examples, val {EVALS_PER_EPOCH}x an epoch (one measuring "
+             f"{result['max_steps_per_epoch']} x batch) training examples, val {EVALS_PER_EPOCH}x an epoch (one measuring "
              "interval each); then the same run with noise_scale off. b_simple_first: the first interval "
              "(after samples_first examples); b_simple_end: the last; b_simple_last_epoch: all windows of the "
              "last epoch. micro_measured: the micro-batch a measured window is cut into (a window that fits in "

@@ -100,8 +100,73 @@ def test_gpu_check_smoke(tmp_path):
     assert sorted(trials.batch_size) == [8, 32] and (trials.status == "TERMINATED").all()
     assert res["projected_minutes_scheduled"] >= res["projected_minutes_ideal"] > 0
     md = (out / "gpu_check.md").read_text()
-    assert "| ≥ 5,000 samples/s" in md and "not measured" in md   # no bench stage ran
+    assert "| ≥ 6,000 samples/s" in md and "not measured" in md   # no bench stage ran
     assert "## Projection of the full seed grid" in md
+
+
+def _history(batch, micro, n_train, rate, epochs_evals, last_epoch_b):
+    """``train``'s per-epoch rows, the columns the noise_scale table reads."""
+    rows = []
+    for evals in epochs_evals:
+        rows.append({"evals": json.dumps([{"samples_seen": s, "gns_b_simple": b, "gns_windows": w}
+                                          for s, b, w in evals]),
+                     "micro_batch_size": micro, "accumulation_steps": math.ceil(batch / micro),
+                     "n_train": n_train, "samples_per_s": rate, "gns_b_simple_epoch": last_epoch_b,
+                     "peak_mem_gib": 1.5})
+    return rows
+
+
+def test_noise_scale_table_and_its_summary(tmp_path):
+    ns = gpu_check.gpu_noise_scale
+    # batch 16 on a card that fits 16 at once: the windows are measured as two halves of 8
+    on16 = _history(16, 16, 1600, 250.0, [[(800, float("nan"), 50), (1600, 55.0, 50)],
+                                          [(2400, 60.0, 50), (3200, 72.5, 50)]], 66.0)
+    r16 = ns.table_row(16, on16, _history(16, 16, 1600, 500.0, [[(1600, float("nan"), 0)]], float("nan")))
+    assert (r16["micro_measured"], r16["accumulation"], r16["windows"], r16["n_train"]) == (8, 1, 200, 1600)
+    assert math.isnan(r16["b_simple_first"]) and r16["samples_first"] == 800   # |G|^2 <= 0 stays NaN
+    assert r16["b_simple_end"] == 72.5 and r16["b_simple_last_epoch"] == 66.0
+    assert r16["noise_scale_cost"] == pytest.approx(1.0)   # twice the step time: the halving
+    # batch 1024 in two micro-batches of 512: measured as they are, no halving
+    r1024 = ns.table_row(1024, _history(1024, 512, 4800, 5000.0, [[(2048, 300.0, 2), (4800, 310.0, 3)]], 305.0),
+                         _history(1024, 512, 4800, 5100.0, [[(4800, float("nan"), 0)]], float("nan")))
+    assert (r1024["micro_measured"], r1024["accumulation"], r1024["windows"]) == (512, 2, 5)
+    assert r1024["b_simple_first"] == 300.0 and r1024["noise_scale_cost"] == pytest.approx(0.02)
+    assert math.isnan(ns.table_row(1024, _history(1024, 512, 4800, 5000.0, [[(4800, 1.0, 1)]], 1.0),
+                                   None)["noise_scale_cost"])   # no run without it: no cost
+
+    out = tmp_path / "out"
+    (out / "noise_scale").mkdir(parents=True)
+    rows = [r16, {"batch": 256, "error": "OutOfMemoryError: CUDA out of memory"}, r1024]
+    ns.write(out / "noise_scale", "bert-base-random", rows, 100)
+    res = gpu_check.summarize(out, tmp_path / "work", [], smoke=False)
+    md = (out / "gpu_check.md").read_text()
+    assert "## noise_scale: B_simple of bert-base-random at batch 16 / 256 / 1024" in md
+    assert "2 epochs of the first min(n_train, 100 x batch) training examples" in md
+    assert "| ≥ 6,000 samples/s" in md and "≤ 10 min" not in md   # no grid ran: no projection row
+    # the cost is that of the largest micro-batch measured: 512 at batch 1024, not batch 16's halves
+    assert "(512, batch 1024, this GPU): +2.0% step time (5,000 samples/s with it, 5,100 without)" in md
+    assert "batch 256: failed: OutOfMemoryError" in md
+    assert [r["batch"] for r in res["noise_scale"]["rows"]] == [16, 256, 1024]
+    ns.write(out / "noise_scale", "bert-base-random", [r16], 100)   # without the large micro-batch: batch 16's
+    gpu_check.summarize(out, tmp_path / "work", [], smoke=True)
+    md = (out / "gpu_check.md").read_text()
+    assert "(8, batch 16, a CPU smoke run, not a GPU-sized micro-batch): +100.0% step time" in md
+    assert "failed" not in md
+
+
+def test_noise_scale_stage_measures_every_window():
+    """The stage's own runs on a CPU: windows of one micro-batch are halved and measured, accumulated
+    ones measured as they are; every window of both epochs counts."""
+    data = {"train": bench.synthetic(48, 16), "val": bench.synthetic(8, 16, seed=1),
+            "test": bench.synthetic(8, 16, seed=2)}
+    fixed = {"max_len": 16, "precision": "fp32", "seed": 0, "lr": 1e-3}
+    r = gpu_check.gpu_noise_scale.measure("tiny-bert", 8, data, fixed)
+    # micro-batch min(8, 16) on a CPU: 6 windows an epoch, each run as 4 + 4
+    assert (r["micro_batch_size"], r["micro_measured"], r["windows"], r["n_train"]) == (8, 4, 12, 48)
+    assert r["samples_per_s"] > 0 and r["samples_per_s_off"] > 0 and math.isfinite(r["noise_scale_cost"])
+    r = gpu_check.gpu_noise_scale.measure("tiny-bert", 32, data, fixed)
+    # 32 = 2 x 16 accumulated, then the remainder 16 halved: 2 windows an epoch
+    assert (r["micro_batch_size"], r["accumulation"], r["micro_measured"], r["windows"]) == (16, 2, 16, 4)
 
 
 def _fresh_driver(code: str):

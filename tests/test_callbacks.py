@@ -137,7 +137,7 @@ def test_default_study_needs_no_mlflow(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     lines = r.stdout.strip().splitlines()
-    assert lines[0] == "['StudyProgress'] []"
+    assert lines[0] == "['StudyProgress', 'SettleFinishedTrials'] []"
     assert lines[1] == "tracked: ImportError"   # the control: with tracking the blocked mlflow is needed
 
 

@@ -111,7 +111,7 @@ def test_missing_history_and_missing_columns_are_refused(tmp_path, capsys):
 def test_unreadable_study_file_is_refused(tmp_path, capsys):
     d = _grid(tmp_path)
     (d / "space.yaml").write_bytes(GARBAGE)
-    _refused(d, capsys, "space.yaml: cannot be read")
+    _refused(d, capsys, "space.yaml: not a text file")
 
 
 @pytest.mark.parametrize("how", ["rows", "ids"])

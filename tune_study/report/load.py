@@ -111,10 +111,7 @@ def _read_space(d: Path) -> dict:
     f = d / "space.yaml"
     if not f.exists():
         return {}
-    try:
-        return read_yaml(f)
-    except (UnicodeDecodeError, OSError) as e:  # read_yaml names YAML errors itself; these it does not
-        raise StudyError(f"report: {f}: cannot be read ({_why(e, f)})") from e
+    return read_yaml(f)   # an unreadable file (not UTF-8, unreadable, malformed YAML) is one line there
 
 
 def load_study(path) -> Study:

@@ -134,8 +134,10 @@ MOMENTS = {
     "before_first_checkpoint": lambda d: (d / "tune").exists() and any((d / "tune").glob("tiny-bert_*")),
     # at least one epoch checkpointed
     "after_first_checkpoint": lambda d: len(_checkpoint_epochs(d)) >= 1,
-    # two trials have finished both epochs
-    "after_two_trials_finished": lambda d: sum(e == 2 for e in _checkpoint_epochs(d).values()) >= 2,
+    # two trials have finished (a finished trial's checkpoints are pruned: keep_when_finished); with
+    # early stopping one may finish after epoch 1, so "both epochs done" could come only at the end
+    "after_two_trials_finished": lambda d: sum(
+        any((c / PRUNED_MARKER).exists() for c in t.glob("checkpoint_*")) for t in (d / "tune").glob("tiny-bert_*")) >= 2,
 }
 
 

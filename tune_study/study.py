@@ -134,7 +134,7 @@ def trainable(config: dict, datasets: dict | None = None, experiment_dir: str | 
     import ray
     from ray import tune
 
-    from .checkpoints import checkpoint_epoch, release_previous_best
+    from .checkpoints import PRUNED_MARKER, checkpoint_epoch, release_previous_best
     from .memory import cap_gpu_memory
     from .models import tokenizer_id
     from .config import TRAIN_DEFAULTS
@@ -173,6 +173,15 @@ def trainable(config: dict, datasets: dict | None = None, experiment_dir: str | 
         # that trial as if it had none (or an older one); a torn copy may also be what Tune hands us.
         # The trial folder still holds every complete checkpoint: take the newest, and replay the
         # epochs Tune lost (their real, stored metrics) so its history and ASHA's rungs stay whole.
+        pruned = sorted(((json.loads((d / "meta.json").read_text())["epoch"], d)
+                         for d in trial_dir.glob("checkpoint_*") if (d / PRUNED_MARKER).exists()), key=lambda x: x[0])
+        if pruned:
+            # The trial had finished (its training state was pruned) when the driver died, before
+            # Tune saved that: replay what Tune lost and end it, never train it again.
+            seen = json.loads((resume / "meta.json").read_text())["epoch"] if resume else 0
+            for m in json.loads((pruned[-1][1] / "history.json").read_text())[seen:]:
+                tune.report({**m, "node_id": node, "replayed": True})
+            return
         on_disk = sorted(((e, d) for d in trial_dir.glob("checkpoint_*") if (e := checkpoint_epoch(d))),
                          key=lambda x: x[0])
         if on_disk and known is not None and on_disk[-1][0] > known:  # (None: Tune's is torn -> clear error)

@@ -130,6 +130,9 @@ def _pruned_epoch(checkpoint: Path) -> int | None:
 
 
 MOMENTS = {
+    # Tune wrote tuner.pkl; the kill is made to fall before its first experiment snapshot by
+    # removing what came after (SNAPSHOT_LOST): Tune's own restore would start a junk trial there
+    "before_first_snapshot": lambda d: (d / "tune" / "tuner.pkl").exists(),
     # the experiment exists, no trial has a checkpoint yet
     "before_first_checkpoint": lambda d: (d / "tune").exists() and any((d / "tune").glob("tiny-bert_*")),
     # at least one epoch checkpointed
@@ -157,6 +160,9 @@ def test_driver_killed_then_resumed(ray_cluster, tmp_path, moment):
         kill_tree(proc, ray_tmp)
     assert not ray_procs(ray_tmp), "orphan Ray processes left behind"
     shutil.rmtree(ray_tmp, ignore_errors=True)
+    if moment == "before_first_snapshot":
+        for f in [*(study_dir / "tune").glob("*-state-*.json"), *(study_dir / "tune").glob("*/checkpoint_*")]:
+            shutil.rmtree(f) if f.is_dir() else f.unlink()
     had = _checkpoint_epochs(study_dir)
 
     rc = grid.main(["--space", str(SMOKE), "--results-dir", str(results), "--resume", "--no-report"])

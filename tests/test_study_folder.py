@@ -21,7 +21,7 @@ from tune_study.config import load_space
 from tune_study.driver_lock import LOCK_FILE, DriverLock
 from tune_study.errors import StudyError
 from tune_study.files import write_atomically
-from tune_study.study_folder import RECORD, changed_keys, write_study_as_run
+from tune_study.study_folder import RECORD, changed_keys, restorable, write_study_as_run
 from tune_study.checkpoints import PRUNED_MARKER
 from tune_study.trial_files import estimate_disk, is_out_of_space, settle_finished_trial
 
@@ -170,6 +170,19 @@ def test_resume_refuses_a_damaged_experiment_state(tmp_path, capsys):
     rc = grid.main(["--space", str(src), "--results-dir", str(study_dir.parent), "--resume"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "tuner.pkl: Ray's experiment file is truncated" in err[0], err
+
+
+def test_restorable_needs_an_experiment_snapshot(tmp_path):
+    """Tuner.can_restore looks for tuner.pkl alone; without a snapshot there is nothing to restore."""
+    exp = tmp_path / "tune"
+    assert not restorable(str(exp))            # no experiment at all
+    exp.mkdir()
+    (exp / "tuner.pkl").write_bytes(b"\x80\x05N.")
+    assert not restorable(str(exp))            # the driver died before Tune's first snapshot
+    (exp / "experiment_state-2026-12-01_10-00-00.json").write_text("{}")
+    assert restorable(str(exp))
+    (exp / "tuner.pkl").unlink()
+    assert not restorable(str(exp))
 
 
 # ----------------------------------------------------------------------------- a full disk

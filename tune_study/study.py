@@ -27,7 +27,7 @@ from .errors import StudyError
 from .ray_setup import init_ray, keep_alive, print_dashboard, resources_for
 from .results import EXPERIMENT, REPEAT_EXPERIMENT, console_table, export, load_result_grid
 from .config import epochs_of, grid_size
-from .study_folder import study_paths
+from .study_folder import restorable, study_paths
 from .trial_files import is_out_of_space, print_disk_estimate
 
 log = logging.getLogger(__name__)
@@ -237,11 +237,12 @@ def _tuner(study, trainable_, exp_path, storage, name, param_space, *, search_al
 
     from .callbacks import study_callbacks
 
-    if resume and tune.Tuner.can_restore(exp_path):
+    if resume and restorable(exp_path):
         print(f"resuming {exp_path}")
         return tune.Tuner.restore(exp_path, trainable_, resume_unfinished=True, resume_errored=True)
     if resume:
-        print(f"no Ray experiment at {exp_path} yet: starting it fresh")
+        print(f"no Ray experiment snapshot at {exp_path} yet (the driver stopped before Tune saved one): "
+              "starting it fresh")
     reporter = tune.CLIReporter(
         parameter_columns={k: k for k in ("model", "batch_size", "scheduler", "seed", "lr", "lr_scaling")
                            if k in study["axes"] or (name == REPEAT_EXPERIMENT and k in param_space)},
@@ -312,7 +313,7 @@ def run_study(study: dict, options, param_space: dict, search_alg=None, num_samp
                             [c["model"] for c in representative_configs(study)])
         t0 = time.time()
         try:
-            if options.resume and repeat and tune.Tuner.can_restore(rep_path):
+            if options.resume and repeat and restorable(rep_path):
                 result_grid = load_result_grid(exp_path)  # the first stage finished before the repeats began
             else:
                 scheduler = make_scheduler(study, epochs_of(study))   # ASHA in trial order (early_stopping)
@@ -326,7 +327,7 @@ def run_study(study: dict, options, param_space: dict, search_alg=None, num_samp
             grids = [(kind, result_grid)]
             trials, _ = export(grids, study, study_dir)
             if repeat and not _unfinished(trials):
-                restoring = options.resume and tune.Tuner.can_restore(rep_path)
+                restoring = options.resume and restorable(rep_path)
                 points = [] if restoring else repeat_points(result_grid, repeat)
                 if restoring or points:
                     print(f"repeat: the top {repeat['top']} configs x seeds {repeat['seeds']}, no early stopping")

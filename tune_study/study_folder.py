@@ -147,6 +147,22 @@ def check_experiment_state(exp_path: str) -> None:
                              "write); nothing was changed: start the study again under another name")
 
 
+def restorable(exp_path: str) -> bool:
+    """Whether Tune can restore the experiment at ``exp_path`` (a folder or a storage URI): its
+    ``tuner.pkl`` and a snapshot (``experiment_state-*.json``). ``Tuner.can_restore`` looks for
+    ``tuner.pkl`` alone, which Tune writes before its first snapshot: a driver killed in between
+    left nothing to restore, and Tune's restore would "restart" it into one trial with an empty
+    config, so such an experiment is started again instead."""
+    import pyarrow.fs
+
+    if "://" in exp_path:
+        fs, path = pyarrow.fs.FileSystem.from_uri(exp_path)
+    else:
+        fs, path = pyarrow.fs.LocalFileSystem(), exp_path
+    names = {Path(i.path).name for i in fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))}
+    return "tuner.pkl" in names and any(n.startswith("experiment_state-") and n.endswith(".json") for n in names)
+
+
 def _complete_pickle(path: Path) -> bool:
     """A pickle ends with its STOP opcode: a file cut short by a full disk does not."""
     with open(path, "rb") as f:

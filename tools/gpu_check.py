@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import re
@@ -173,14 +174,21 @@ def stage_dashboard(out: Path) -> None:
 
     from tune_study.ray_setup import init_ray, print_dashboard
 
-    buf = io.StringIO()
-    with redirect_stdout(buf):
-        ctx = init_ray(None, "127.0.0.1", 8265, None)
-        print_dashboard(ctx)
+    buf, warned = io.StringIO(), []
+    keep = logging.Handler()
+    keep.emit = lambda record: warned.append(record.getMessage())   # ray_setup's warnings, as logged
+    logging.getLogger("tune_study.ray_setup").addHandler(keep)
+    try:
+        with redirect_stdout(buf):
+            ctx = init_ray(None, "127.0.0.1", 8265, None)
+            print_dashboard(ctx)
+    finally:
+        logging.getLogger("tune_study.ray_setup").removeHandler(keep)
     text = buf.getvalue()
-    print(text)
+    print(text, *(f"WARNING: {w}" for w in warned), sep="\n")
     res = {"ray_up": ray.is_initialized(), "dashboard_url": getattr(ctx, "dashboard_url", None) or None,
-           "fell_back_with_warning": "could not start" in text, "printed": text.strip().splitlines()}
+           "fell_back_with_warning": any("could not start" in w or "not available here" in w for w in warned),
+           "warnings": warned, "printed": text.strip().splitlines()}
     if ray.is_initialized():
         res["resources"] = ray.cluster_resources()
         ray.shutdown()

@@ -31,6 +31,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .log import show_warnings
+
 
 def synthetic(n: int, max_len: int, vocab: int = 30522, seed: int = 0, learnable: bool = False) -> dict:
     g = torch.Generator().manual_seed(seed)
@@ -269,6 +271,7 @@ def table(rows: list[dict], peak: float):
 
 
 def main(argv=None) -> int:
+    show_warnings()
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(prog="python -m tune_study.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -47,6 +47,8 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 log = logging.getLogger(__name__)
 
+EARLY_STOPPING_METRIC = "val_acc"   # each epoch's val accuracy (ties: the lower val loss)
+
 
 def rung_epochs(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:
     """The epochs at which trials are compared: ceil(grace_period * reduction_factor**k) below
@@ -264,4 +266,4 @@ def make_scheduler(study: dict, epochs: int):
     if not es:
         return None
     return InOrderASHA(max_t=epochs, grace_period=min(es["grace_period"], epochs),
-                       reduction_factor=es["reduction_factor"])
+                       reduction_factor=es["reduction_factor"], metric=EARLY_STOPPING_METRIC, mode="max")

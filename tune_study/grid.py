@@ -17,6 +17,7 @@ from .errors import EXIT_BAD_INPUT, StudyError
 from .config import load_space
 from .study import options_from_args, representative_configs, run_study, study_parser, tokenize_for_study
 from .study_folder import open_study_folder
+from .log import show_warnings
 
 
 def parser():
@@ -31,6 +32,7 @@ def grid_param_space(study: dict) -> dict:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    show_warnings()
     try:
         study = load_space(args.space, kind="grid")
         # Folder checks, the driver lock (held until the study ends), the study as run on

@@ -76,7 +76,7 @@ def probe_micro_batch(c: dict, device: torch.device, precision: str, memory_cap:
     mode, so dropout's masks are counted, and a fused-AdamW step, so the optimizer's state is) fits.
     Cached per ``probe_key``."""
     from .models import load_model
-    from .training import accumulate_gradients, autocast_for
+    from .step import accumulate_gradients, autocast_for
 
     B = c["batch_size"]
     key = probe_key(c, device, precision, memory_cap)

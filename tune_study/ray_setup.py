@@ -2,13 +2,16 @@
 cannot run), and the resources each trial asks for."""
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
 from pathlib import Path
 
+log = logging.getLogger(__name__)
+
 EXPOSED_WARNING = (
-    "WARNING: the Ray dashboard will listen on {host}, i.e. on every network interface. An exposed Ray "
+    "the Ray dashboard will listen on {host}, i.e. on every network interface. An exposed Ray "
     "dashboard and jobs API let anyone who can reach it run code on this machine (ShadowRay, "
     "CVE-2023-48022). Keep token auth on and firewall the port, or use 127.0.0.1 with an SSH tunnel.")
 
@@ -38,12 +41,12 @@ def init_ray(address: str | None, dashboard_host: str, dashboard_port: int, num_
     if ray.is_initialized():  # a caller (a notebook, a test) already runs Ray: use it, leave it up
         return None
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
-        print("WARNING: RAY_AUTH_MODE=disabled: the dashboard and jobs API accept anyone who can reach them.")
+        log.warning("RAY_AUTH_MODE=disabled: the dashboard and jobs API accept anyone who can reach them.")
     if address:
         return ray.init(address=address)
     warning = dashboard_warning(dashboard_host)
     if warning:
-        print(warning)
+        log.warning(warning)
     kw = {"num_cpus": num_cpus, "dashboard_host": dashboard_host, "dashboard_port": dashboard_port}
     kw["address"] = "local"  # a new local instance, never a cluster someone else started here
     import torch
@@ -56,14 +59,14 @@ def init_ray(address: str | None, dashboard_host: str, dashboard_port: int, num_
     if missing:
         # Checked before ray.init: a start that fails on the dashboard leaves its half-started
         # processes behind, and the next ray.init then times out.
-        print(f"WARNING: the Ray dashboard is not available here ({missing}); running without it. "
-              "Install ray[default] for the dashboard.")
+        log.warning("the Ray dashboard is not available here (%s); running without it. "
+                    "Install ray[default] for the dashboard.", missing)
         return ray.init(include_dashboard=False, **kw)
     try:
         return ray.init(include_dashboard=True, **kw)
     except Exception as e:  # e.g. the 'default' extra (aiohttp_cors, opencensus) is not installed
-        print(f"WARNING: the Ray dashboard could not start ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-              "running without it. Install ray[default] for the dashboard.")
+        log.warning("the Ray dashboard could not start (%s: %s); running without it. Install ray[default] "
+                    "for the dashboard.", type(e).__name__, str(e).splitlines()[0][:200])
         if ray.is_initialized():
             ray.shutdown()
         return ray.init(include_dashboard=False, **kw)

@@ -38,8 +38,17 @@ def load_result_grid(experiment_path: str):
 
 
 def _trials_by_id(result_grid) -> dict:
-    analysis = getattr(result_grid, "_experiment_analysis", None)
-    return {t.trial_id: t for t in getattr(analysis, "trials", None) or []}
+    """Tune's trials (their config, for a trial that never reported) by id, read from the saved
+    experiment state with the public ExperimentAnalysis (a ResultGrid keeps its own private)."""
+    from ray.tune import ExperimentAnalysis
+
+    path = getattr(result_grid, "experiment_path", None)
+    if not path:
+        return {}
+    try:
+        return {t.trial_id: t for t in ExperimentAnalysis(path).trials}
+    except Exception:  # no saved state yet: every result carries its own config then
+        return {}
 
 
 def _read_checkpoint_json(checkpoint, name: str):

@@ -30,6 +30,7 @@ from .errors import EXIT_BAD_INPUT, StudyError
 from .study import options_from_args, representative_configs, run_study, study_parser, tokenize_for_study
 from .study_folder import open_study_folder
 from .config import TRAIN_DEFAULTS, load_space, read_yaml
+from .log import show_warnings
 
 SEARCH_METRIC = "best_val_acc"   # what TPE maximises: a trial's best val acc over its epochs
 SELECT_BY = ("best_val_acc", "test_acc")  # --from-grid: best trial per model by the first one present
@@ -88,34 +89,16 @@ def search_param_space(study: dict) -> dict:
 
 
 def make_searcher(study: dict, points: list[dict] | None = None):
-    """OptunaSearch with a seeded TPE sampler; ``points`` are evaluated first."""
+    """OptunaSearch with a seeded TPE sampler; ``points`` are evaluated first. It maximises
+    SEARCH_METRIC (a trial's best val acc) while early stopping ranks trials by each epoch's val
+    acc: each is given its own metric, and the Tuner none (Tune would hand its one to both)."""
     import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return __getattr__("_OptunaSearch")(sampler=optuna.samplers.TPESampler(seed=study["search_seed"]),
-                         points_to_evaluate=list(points) if points else None)
-
-
-def _optuna_search_cls():
     from ray.tune.search.optuna import OptunaSearch
 
-    class _Optuna(OptunaSearch):
-        """OptunaSearch that optimises SEARCH_METRIC while Tune (ASHA) ranks trials by val_acc."""
-
-        def set_search_properties(self, metric, mode, config, **spec):
-            return super().set_search_properties(SEARCH_METRIC if metric else metric, mode, config, **spec)
-
-    _Optuna.__module__, _Optuna.__qualname__ = __name__, "_OptunaSearch"
-    return _Optuna
-
-
-def __getattr__(name):
-    """The subclass is built on first use (importing this module needs no Ray); pickles find it here."""
-    if name == "_OptunaSearch":
-        cls = globals().get("_OptunaSearch_cls") or _optuna_search_cls()
-        globals()["_OptunaSearch_cls"] = cls
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return OptunaSearch(metric=SEARCH_METRIC, mode="max",
+                        sampler=optuna.samplers.TPESampler(seed=study["search_seed"]),
+                        points_to_evaluate=list(points) if points else None)
 
 
 # ----------------------------------------------------------------------------- --from-grid
@@ -264,6 +247,7 @@ def _isnan(v) -> bool:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    show_warnings()
     try:
         study = load_search_space(args.space)
         points = points_from_grid(args.from_grid, study) if args.from_grid else []

@@ -251,7 +251,9 @@ def _tuner(study, trainable_, exp_path, storage, name, param_space, *, search_al
         max_report_frequency=30, sort_by_metric=False)
     return tune.Tuner(
         trainable_, param_space=param_space,
-        tune_config=tune.TuneConfig(metric="val_acc", mode="max", scheduler=scheduler, search_alg=search_alg,
+        # no metric here: early stopping and the searcher name their own (a TuneConfig metric
+        # would be handed to both)
+        tune_config=tune.TuneConfig(scheduler=scheduler, search_alg=search_alg,
                                     num_samples=num_samples, max_concurrent_trials=conc,
                                     trial_name_creator=trial_name, trial_dirname_creator=trial_name),
         run_config=RunConfig(

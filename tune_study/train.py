@@ -13,9 +13,11 @@ import time
 from pathlib import Path
 
 from .errors import EXIT_BAD_INPUT, StudyError
+from .log import show_warnings
 
 
 def main(argv=None) -> int:
+    show_warnings()
     from .config import DataConfig, TrainConfig
 
     p = argparse.ArgumentParser(prog="python -m tune_study.train", description=__doc__,

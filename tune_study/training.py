@@ -11,8 +11,8 @@ Ray Tune (``tune.report`` once per epoch, with a checkpoint of the full state).
 """
 from __future__ import annotations
 
-import contextlib
 import json
+import logging
 import math
 import tempfile
 import time
@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from . import memory
 from .checkpoints import (BEST_MODEL, load_state, mark_best_epoch, promote_best_model, recover_best_model,
@@ -33,46 +32,7 @@ from .lr_scaling import adamw_settings
 from .metrics import calibration
 from .noise_scale import NoiseScale, halves
 from .noise_scale import read as read_noise
-
-# ----------------------------------------------------------------------------- the update
-
-def accumulate_gradients(model, micro_batches: list[dict], autocast=None,
-                         noise: NoiseScale | None = None) -> torch.Tensor:
-    """Backpropagate one effective batch given as micro-batches (sizes may differ).
-
-    Leaves in ``.grad`` the gradient of the mean cross-entropy over *all* examples of all
-    micro-batches, exactly as one forward/backward of the concatenated batch would (up to float
-    rounding), and returns that mean loss as a 0-d tensor (no host sync). Each micro-batch is a dict
-    with ``input_ids``, ``attention_mask`` and ``labels`` on the model's device. Gradients add up
-    onto whatever ``.grad`` holds already; zero them before calling. ``noise``: the noise-scale
-    meter, whose hooks on the parameters read each micro-batch's gradient (``.grad`` must be None).
-    """
-    n_total = sum(len(mb["labels"]) for mb in micro_batches)
-    total = None
-    if noise is not None:
-        noise.start_window()  # here, so an OOM retry of the window starts its measurement over
-    for mb in micro_batches:
-        with autocast or contextlib.nullcontext():
-            logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits
-        # Sum over this micro-batch, divided by the *window's* size: the micro-batches' gradients
-        # then add up to the gradient of the window's mean, however unequal their sizes.
-        # fp32 loss under bf16 autocast; float64 stays float64 (the exactness tests run in it).
-        logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-        loss_sum = F.cross_entropy(logits, mb["labels"], reduction="sum")
-        (loss_sum / n_total).backward()
-        total = loss_sum.detach() if total is None else total + loss_sum.detach()
-        if noise is not None:
-            noise.micro_batch_done(len(mb["labels"]))
-    if noise is not None:
-        noise.end_window()
-    return total / n_total
-
-
-def autocast_for(device: torch.device, precision: str):
-    if precision != "bf16":
-        return None
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
+from .step import accumulate_gradients, autocast_for
 
 # ----------------------------------------------------------------------------- evaluation
 
@@ -368,7 +328,7 @@ def _save_tokenizer(model_name: str, best_dir: Path) -> None:
     except ImportError as e:
         if model_name not in RANDOM:
             raise
-        print(f"WARNING: {best_dir}: saved without a tokenizer ({e})", flush=True)
+        logging.getLogger(__name__).warning("%s: saved without a tokenizer (%s)", best_dir, e)
 
 
 def _bins_json(bins) -> str:

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from ..errors import EXIT_BAD_INPUT, StudyError
+from ..log import show_warnings
 from .load import Study, load_study
 
 DEFAULT_MARGIN = 0.02
@@ -47,6 +48,7 @@ def build_report(study_dir, margin: float = DEFAULT_MARGIN, log=print, figures: 
 
 
 def main(argv=None) -> int:
+    show_warnings()
     p = argparse.ArgumentParser(prog="python -m tune_study.report",
                                 description="Build report.md, its tables and figures for a study folder.")
     p.add_argument("study_dir", help="the study folder, <results-dir>/<study name>")

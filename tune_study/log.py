@@ -1,0 +1,21 @@
+"""How the package's warnings reach a user: the ``tune_study`` loggers, one line each on stderr as
+``WARNING: <message>``. Modules log with ``logging.getLogger(__name__)``; each command-line entry
+point calls ``show_warnings()`` once (a library user keeps their own logging setup)."""
+from __future__ import annotations
+
+import logging
+import sys
+
+_HANDLER_NAME = "tune_study.console"
+
+
+def show_warnings() -> None:
+    """Warnings (and worse) of the ``tune_study`` loggers to stderr, once however often called."""
+    logger = logging.getLogger("tune_study")
+    if any(h.get_name() == _HANDLER_NAME for h in logger.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name(_HANDLER_NAME)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logger.addHandler(handler)

@@ -202,3 +202,33 @@ def test_errors_are_keyed_by_location(tmp_path, body, key, msg):
 def test_missing_axes_says_what_they_look_like(tmp_path):
     with pytest.raises(StudyError, match="key 'axes': required key missing; expected a non-empty mapping"):
         _load(tmp_path, "name: x\n")
+
+
+def test_train_cli_is_built_from_the_config_models():
+    """Every TrainConfig / DataConfig field is a flag of ``python -m tune_study.train`` with the
+    field's own choices; a value the model rejects is the model's one-line error (exit 2)."""
+    import typing
+
+    from tune_study import train as train_cli
+
+    p, train_keys, data_keys = train_cli.parser()
+    assert set(train_keys) == set(TrainConfig.model_fields) - {"data"} and set(data_keys) == set(DataConfig.model_fields)
+    actions = {a.dest: a for a in p._actions}   # (argparse has no public listing of its actions)
+    for model in (TrainConfig, DataConfig):
+        for name, field in model.model_fields.items():
+            if name == "data":
+                continue
+            ann = field.annotation
+            ann = typing.get_args(ann)[0] if typing.get_origin(ann) is typing.Annotated else ann
+            if typing.get_origin(ann) is typing.Literal:
+                assert actions[name].metavar == "{" + ",".join(str(v) for v in typing.get_args(ann)) + "}", name
+    args = p.parse_args(["--lr", "5e-5", "--micro-batch-size", "auto", "--no-noise-scale", "--batch-size", "16"])
+    assert (args.lr, args.micro_batch_size, args.noise_scale, args.batch_size) == (5e-5, "auto", False, 16)
+
+
+def test_train_cli_bad_value_is_one_line(capsys):
+    from tune_study import train as train_cli
+
+    assert train_cli.main(["--model", "tiny-bert", "--lr", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lr" in err[0], err

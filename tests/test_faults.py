@@ -33,12 +33,12 @@ def _crash_once_hook():
     epoch-1 report (its checkpoint exists); if ``armed`` says "corrupt", it first tears that
     checkpoint's state.pt, as a crash in mid-write would; if it says "enospc", every attempt of that
     trial fails at its first report with OSError(ENOSPC), as on a full disk."""
-    import tune_study.study as study
+    import tune_study.trial as trial_module
 
     flag_dir = os.environ.get(CRASH_FLAG)
-    if not flag_dir or getattr(study, "_crash_hook_installed", False):
+    if not flag_dir or getattr(trial_module, "_crash_hook_installed", False):
         return
-    real_trainable = study.trainable
+    real_trainable = trial_module.trainable
 
     def trainable(config, **params):
         from ray import tune
@@ -75,8 +75,8 @@ def _crash_once_hook():
         finally:
             tune.report = real_tune_report
 
-    study.trainable = trainable
-    study._crash_hook_installed = True
+    trial_module.trainable = trainable
+    trial_module._crash_hook_installed = True
 
 
 @pytest.fixture(scope="module")

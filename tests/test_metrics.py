@@ -92,6 +92,19 @@ def test_t_interval_degenerate():
     assert t_interval([2.0, 2.0, 2.0]) == (2.0, 0.0, 3)
 
 
+def test_wilson_interval_known_numbers():
+    from tune_study.metrics import wilson_interval
+
+    # 75 of 100 at 95%, by hand: z = 1.959964, p = 0.75, centre = (p + z^2/200) / (1 + z^2/100) = 0.740752,
+    # half = z * sqrt(p(1-p)/100 + z^2/40000) / (1 + z^2/100) = 0.083796 -> [0.656955, 0.824548]
+    lo, hi = wilson_interval(75, 100)
+    assert lo == pytest.approx(0.656955, abs=1e-6) and hi == pytest.approx(0.824548, abs=1e-6)
+    assert wilson_interval(0.75 * 100, 100) == (lo, hi)            # acc * n, rounded
+    lo0, hi0 = wilson_interval(0, 10)                                # 0 of 10: [0, z^2/(10 + z^2)]
+    assert lo0 == pytest.approx(0.0, abs=1e-12) and hi0 == pytest.approx(1.959964 ** 2 / (10 + 1.959964 ** 2), abs=1e-6)
+    assert all(math.isnan(v) for v in wilson_interval(3, 0))
+
+
 # ----------------------------------------------------------------------------- paired tests, Holm, budget
 
 from tune_study.metrics import (expected_max, holm, mcnemar_exact, nll_per_example, paired_bootstrap, paired_t_test,  # noqa: E402

@@ -57,11 +57,8 @@ def model_flops_per_sample(model: str, max_len: int) -> float:
 
 
 def markdown(df, floatfmt: str = ".3g") -> str:
-    """A markdown table; plain text in a fence where tabulate is missing."""
-    try:
-        return df.to_markdown(index=False, floatfmt=floatfmt)
-    except ImportError:
-        return "```\n" + df.to_string(index=False) + "\n```"
+    """A markdown table (tabulate, through pandas)."""
+    return df.to_markdown(index=False, floatfmt=floatfmt)
 
 
 def matmul_peak() -> float:

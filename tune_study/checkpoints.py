@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .errors import StudyError
+from .files import write_atomically
 
 CHECKPOINT_FILE = "state.pt"
 PREDICTIONS_FILE = "predictions.json"
@@ -36,9 +37,7 @@ def save_state(path: str | Path, state: dict) -> None:
     """Write the full training state; loaded back with ``torch.load(weights_only=True)``."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tmp = path / (CHECKPOINT_FILE + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path / CHECKPOINT_FILE)
+    write_atomically(path / CHECKPOINT_FILE, lambda tmp: torch.save(state, tmp))
     # The per-epoch metrics so far, small and readable without torch: exports use it to fill any
     # result line Ray lost to a crash or a killed driver.
     (path / "history.json").write_text(json.dumps(state.get("history", []), default=str))

@@ -40,9 +40,6 @@ EPOCH_COLUMNS = [
     "evals",  # the epoch's evaluations (mid-epoch ones and the epoch's end): a JSON list of EVAL_COLUMNS rows
 ]
 
-# Added by the runner or by Tune to each reported result.
-RUNNER_COLUMNS = ["node_id", "gpu_share", "replayed", "from_checkpoint", "time_this_iter_s", "time_total_s"]
-
 # The history table: trial id, its axes (added by results), then these.
 HISTORY_COLUMNS = [*EVAL_COLUMNS, "lr", "lr_peak", "beta2", "samples_per_s", "epoch_train_s", "eval_s",
                    "best_epoch", "best_val_acc", "test_acc", "test_loss", "test_ece", "test_confidence",

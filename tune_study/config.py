@@ -24,7 +24,7 @@ from pydantic import (AfterValidator, BeforeValidator, Field, ValidationError, V
 from pydantic_core import PydanticCustomError
 
 from .errors import StudyError
-from .lr_scaling import BETA2_RULES, LR_RULES, with_base_batch
+from .lr_scaling import BETA2_RULES, LR_RULES, warn_if_nothing_scaled, with_base_batch
 from .study_sections import (Axis, EarlyStopping, Repeat, Resources, Tracking, axis_values, check_axes,
                              to_early_stopping)
 from .validation import PosInt, Seed, Strict, expect, explain, fail, known, none_is_empty, says, to_study_error
@@ -306,6 +306,7 @@ def load_space(path: str | Path, kind: str = "grid") -> dict:
         fixed.setdefault("evals_per_epoch", TRAIN_DEFAULTS["evals_per_epoch"])
     out = study.model_dump(exclude={"num_samples", "search_seed"} if kind == "grid" else set())
     es = study.early_stopping
+    warn_if_nothing_scaled(dict(study.axes), fixed, TRAIN_DEFAULTS["batch_size"])
     return {**out, "axes": dict(study.axes), "fixed": fixed, "path": str(path),
             "early_stopping": es.model_dump() if isinstance(es, EarlyStopping) else None}
 

@@ -26,6 +26,7 @@ import torch
 
 from .config import data_config  # noqa: F401  (the data section's rules live with the study's)
 from .errors import StudyError
+from .files import write_atomically
 
 CACHE_VERSION = 1
 _LABEL_WORDS = {"0": 0, "1": 1, "neg": 0, "pos": 1, "negative": 0, "positive": 1,
@@ -291,9 +292,7 @@ def load_tokenized(data: dict | None, model: str, max_len: int, verbose: bool = 
                       "truncation": cfg["truncation"],
                       **{f"n_{k}": len(v) for k, v in splits.items()}}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(tokens, tmp)
-    os.replace(tmp, path)  # atomic: concurrent readers never see half a file
+    write_atomically(path, lambda tmp: torch.save(tokens, tmp))  # concurrent readers never see half a file
     if verbose:
         print(f"tokenized {tokens['meta']} -> {path}")
     return tokens

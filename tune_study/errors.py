@@ -17,7 +17,3 @@ def _leading_key(message: str) -> str | None:
 
 
 EXIT_BAD_INPUT = 2
-
-
-def fail(message: str) -> "None":
-    raise StudyError(message)

@@ -9,12 +9,24 @@ import sys
 _HANDLER_NAME = "tune_study.console"
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes (a notebook or a test may swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
 def show_warnings() -> None:
     """Warnings (and worse) of the ``tune_study`` loggers to stderr, once however often called."""
     logger = logging.getLogger("tune_study")
     if any(h.get_name() == _HANDLER_NAME for h in logger.handlers):
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderr()
     handler.set_name(_HANDLER_NAME)
     handler.setLevel(logging.WARNING)
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))

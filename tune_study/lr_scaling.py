@@ -75,7 +75,16 @@ def with_base_batch(axes: dict, fixed: dict, default_batch: int) -> dict:
     base = smallest_batch(axes, fixed, default_batch)
     if base is None:
         return fixed
+    return {**fixed, "lr_base_batch": base}
+
+
+def warn_if_nothing_scaled(axes: dict, fixed: dict, default_batch: int) -> None:
+    """A validated study that scales lr or beta2 from a base batch which is every trial's batch:
+    the setting changes nothing, which is worth a warning (never before the study is known valid)."""
+    rules = [r for key in SCALING_KEYS for r in _values(key, axes, fixed, "none")]
+    base = fixed.get("lr_base_batch")
+    if base is None or "lr_base_batch" in axes or all(r == "none" for r in rules):
+        return
     if set(_values("batch_size", axes, fixed, default_batch)) == {base}:
         log.warning("lr_scaling / beta2_scaling: every trial has batch_size %d, the base batch: nothing "
                     "is scaled", base)
-    return {**fixed, "lr_base_batch": base}

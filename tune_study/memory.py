@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 
 import torch
+
+from .files import write_atomically
 
 OOM = torch.cuda.OutOfMemoryError
 
@@ -58,9 +59,7 @@ def record_micro_batch(key: str, m: int) -> None:
     known[key] = min(known.get(key, m), m)
     cache = _cache_file()
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(known, indent=1))
-    os.replace(tmp, cache)
+    write_atomically(cache, lambda tmp: tmp.write_text(json.dumps(known, indent=1)))
 
 
 def auto_micro_batch(c: dict, device: torch.device, precision: str, memory_cap: float | None = None) -> int:

@@ -48,24 +48,29 @@ def calibration(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> 
 
 
 def t_interval(values, confidence: float = 0.95) -> tuple[float, float, int]:
-    """Mean and half-width of a two-sided t confidence interval; half-width is nan for n < 2."""
+    """Mean and half-width of a two-sided t confidence interval (scipy.stats.t.interval); the
+    half-width is nan for n < 2, 0 for values without spread."""
     from scipy import stats  # scipy comes with the stack (optuna / pandas users have it)
 
     xs = [float(v) for v in values if v == v]
     n = len(xs)
     if n == 0:
         return math.nan, math.nan, 0
-    mean = sum(xs) / n
+    mean = math.fsum(xs) / n
     if n < 2:
         return mean, math.nan, n
-    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
-    return mean, float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n), n
+    sem = float(stats.sem(xs))
+    if sem == 0:
+        return mean, 0.0, n
+    lo, hi = stats.t.interval(confidence, n - 1, loc=mean, scale=sem)
+    return mean, float(hi - lo) / 2, n
 
 
 # ----------------------------------------------------------------------------- report helpers
 
 def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (e.g. an accuracy over ``n`` examples).
+    """Wilson score interval for a binomial proportion (e.g. an accuracy over ``n`` examples):
+    scipy.stats.binomtest(k, n).proportion_ci(method="wilson").
 
     ``successes`` may be a count or acc * n (rounded). (nan, nan) for n < 1.
     """
@@ -74,12 +79,8 @@ def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple
     if not n or n < 1 or successes != successes:
         return math.nan, math.nan
     k = min(max(round(float(successes)), 0), int(n))
-    z = float(stats.norm.ppf(0.5 + confidence / 2))
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    ci = stats.binomtest(k, int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def welch_t_test(a, b) -> float:
@@ -180,26 +181,17 @@ def expected_max(values, n_max: int | None = None) -> list[float]:
     return [float((v * ((i / N) ** n - ((i - 1) / N) ** n)).sum()) for n in range(1, (n_max or N) + 1)]
 
 
-def detect_collapse(history, majority_rate: float = 0.5, margin: float = 0.02,
-                    acc_key: str = "val_acc", loss_keys=("train_loss", "val_loss")):
-    """Did a trial collapse to guessing? -> (collapsed, epoch or None).
+def collapse_info(history, majority_rate: float = 0.5, margin: float = 0.02,
+                  acc_key: str = "val_acc", loss_keys=("train_loss", "val_loss")):
+    """Did a trial collapse to guessing? -> (collapsed, epoch or None, kind).
 
     ``history`` is one trial's per-epoch rows (a DataFrame or a list of dicts with ``epoch``,
     ``val_acc`` and the losses). A trial collapsed at epoch ``e`` when
       - a loss is non-finite (nan / inf) at epoch ``e`` (the first such epoch), or
       - its val accuracy stays within ``margin`` of ``majority_rate`` (what predicting one class
         scores) from epoch ``e`` through its last epoch; ``e`` is the first epoch of that final run.
-    A trial that sat in that band from epoch 1 on (it never learned) counts as collapsed at
-    epoch 1; ``collapse_kind`` tells the two cases apart.
-    """
-    return collapse_info(history, majority_rate, margin, acc_key, loss_keys)[:2]
-
-
-def collapse_info(history, majority_rate: float = 0.5, margin: float = 0.02,
-                  acc_key: str = "val_acc", loss_keys=("train_loss", "val_loss")):
-    """``detect_collapse`` plus the kind: (collapsed, epoch, kind) with kind one of
-    'non_finite' (a loss became nan/inf), 'never_learned' (in the chance band from epoch 1 through
-    the last epoch), 'collapsed' (left the band, then fell back into it for good) or ''."""
+    kind: 'non_finite' (a loss became nan/inf), 'never_learned' (in the chance band from epoch 1
+    through the last epoch), 'collapsed' (left the band, then fell back into it for good) or ''."""
     rows = history.to_dict("records") if hasattr(history, "to_dict") else list(history)
     rows = [r for r in rows if r.get("epoch") is not None and r.get("epoch") == r.get("epoch")]
     rows.sort(key=lambda r: r["epoch"])

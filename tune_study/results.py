@@ -77,10 +77,6 @@ def _with_stored_epochs(df: pd.DataFrame | None, checkpoint) -> pd.DataFrame | N
     return out.sort_values("epoch", kind="stable").reset_index(drop=True)
 
 
-def _is_missing(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
-
-
 def evaluation_rows(epochs: pd.DataFrame) -> list[dict]:
     """A trial's per-epoch results -> one row per evaluation of val. An epoch's ``evals`` (a JSON
     list of dicts with EVAL_COLUMNS) gives its rows; the epoch-end one also carries the epoch's

@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +25,7 @@ from .ray_setup import init_ray, keep_alive, print_dashboard, resources_for
 from .results import EXPERIMENT, REPEAT_EXPERIMENT, console_table, export, load_result_grid
 from .config import epochs_of, grid_size
 from .study_folder import restorable, study_paths
+from .trial import trainable, trial_name
 from .trial_files import is_out_of_space, print_disk_estimate
 
 log = logging.getLogger(__name__)
@@ -117,95 +115,6 @@ def representative_configs(study: dict) -> list[dict]:
     if models is None or lens is None:
         raise StudyError(f"{study['path']}: key 'axes.model': model and max_len must be lists or choices")
     return [{"model": m, "max_len": L} for m in models for L in lens]
-
-
-# ----------------------------------------------------------------------------- the trainable
-
-def trainable(config: dict, datasets: dict | None = None, experiment_dir: str | None = None,
-              experiment_uri: str | None = None) -> None:
-    """One trial = one ``training.train`` call; reports and checkpoints once per epoch.
-
-    ``datasets`` (tokenized splits per tokenizer key) travel once through the object store.
-    ``experiment_dir`` is the experiment's folder on a local (or shared) filesystem: the trial's
-    checkpoints and best model live in ``experiment_dir/<trial name>``. With remote storage
-    (``experiment_uri``, e.g. s3:// or file://) the trial writes into Ray's local staging folder,
-    Ray syncs it up (SyncConfig(sync_artifacts=True)), and ``best_model_path`` names the copy there.
-    """
-    import ray
-    from ray import tune
-
-    from .checkpoints import PRUNED_MARKER, checkpoint_epoch, release_previous_best
-    from .memory import cap_gpu_memory
-    from .models import tokenizer_id
-    from .config import TRAIN_DEFAULTS
-    from .training import train
-
-    data = None
-    if datasets:
-        data = datasets.get(f"{tokenizer_id(config['model'])}|{config.get('max_len', TRAIN_DEFAULTS['max_len'])}")
-    runtime = ray.get_runtime_context()
-    node = runtime.get_node_id()  # which machine of a cluster ran this trial
-    # A fractional GPU (packed small-batch trials) also means a fractional share of its memory.
-    gpu_share = runtime.get_assigned_resources().get("GPU", 0.0)
-    memory_cap = cap_gpu_memory(gpu_share)
-    ctx = tune.get_context()
-    persisted = f"{experiment_uri}/{ctx.get_trial_name()}/best_model" if experiment_uri else None
-
-    def report(metrics, ckpt_dir):
-        extra = {"node_id": node, "gpu_share": gpu_share}
-        if persisted and metrics.get("best_model_path"):
-            extra["best_model_path"] = persisted  # not the staging folder, which goes with the node
-        try:
-            tune.report({**metrics, **extra}, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
-        except SystemExit:
-            # Tune stops a trial (early stopping, its last epoch) by raising SystemExit inside
-            # report, after persisting its checkpoint: the best model it replaced is not needed.
-            release_previous_best(trial_dir)
-            raise
-
-    local = experiment_dir is not None and Path(experiment_dir).is_dir()
-    trial_dir = Path(experiment_dir) / ctx.get_trial_name() if local else Path(ctx.get_trial_dir())
-    checkpoint = tune.get_checkpoint()
-    with contextlib.ExitStack() as stack:
-        resume = Path(stack.enter_context(checkpoint.as_directory())) if checkpoint else None
-        known = checkpoint_epoch(resume) if resume else 0
-        # A driver killed between a trial's checkpoint and Tune's next experiment snapshot restarts
-        # that trial as if it had none (or an older one); a torn copy may also be what Tune hands us.
-        # The trial folder still holds every complete checkpoint: take the newest, and replay the
-        # epochs Tune lost (their real, stored metrics) so its history and ASHA's rungs stay whole.
-        pruned = sorted(((json.loads((d / "meta.json").read_text())["epoch"], d)
-                         for d in trial_dir.glob("checkpoint_*") if (d / PRUNED_MARKER).exists()), key=lambda x: x[0])
-        if pruned:
-            # The trial had finished (its training state was pruned) when the driver died, before
-            # Tune saved that: replay what Tune lost and end it, never train it again.
-            seen = json.loads((resume / "meta.json").read_text())["epoch"] if resume else 0
-            for m in json.loads((pruned[-1][1] / "history.json").read_text())[seen:]:
-                tune.report({**m, "node_id": node, "replayed": True})
-            return
-        on_disk = sorted(((e, d) for d in trial_dir.glob("checkpoint_*") if (e := checkpoint_epoch(d))),
-                         key=lambda x: x[0])
-        if on_disk and known is not None and on_disk[-1][0] > known:  # (None: Tune's is torn -> clear error)
-            epoch, newest = on_disk[-1]
-            lost = json.loads((newest / "history.json").read_text())[known:]  # not the 100s-of-MB state
-            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tune_study_replay_")))
-            for m in lost[:-1]:
-                tune.report({**m, "node_id": node, "replayed": True})
-            shutil.copytree(newest, tmp / "ckpt")
-            tune.report({**lost[-1], "node_id": node, "replayed": True},
-                        checkpoint=tune.Checkpoint.from_directory(tmp / "ckpt"))
-            resume = newest
-        elif resume is None and any(trial_dir.glob("checkpoint_*")):
-            log.warning("%s: no complete checkpoint (torn by an interrupted write); this trial starts "
-                        "again from epoch 0", trial_dir)
-        train(config, report=report, data=data, resume_from=resume, output_dir=trial_dir, memory_cap=memory_cap)
-
-
-def trial_name(trial) -> str:
-    c = trial.config
-    parts = [str(c.get("model", "m")).replace("/", "_"), f"b{c.get('batch_size')}", str(c.get("scheduler", ""))]
-    if "seed" in c:
-        parts.append(f"s{c['seed']}")
-    return "_".join(parts) + f"_{trial.trial_id}"
 
 
 # ----------------------------------------------------------------------------- the repeat stage

@@ -10,42 +10,72 @@ import json
 import shutil
 import sys
 import time
+import typing
 from pathlib import Path
+
+import yaml
 
 from .errors import EXIT_BAD_INPUT, StudyError
 from .log import show_warnings
 
 
-def main(argv=None) -> int:
-    show_warnings()
+def _literal_choices(annotation) -> list[str] | None:
+    """The values of a Literal field (through Annotated), None for any other field."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _literal_choices(typing.get_args(annotation)[0])
+    if typing.get_origin(annotation) is typing.Literal:
+        return [str(v) for v in typing.get_args(annotation)]
+    return None
+
+
+def _scalar(text: str):
+    """A flag's value: an int or a float where it reads as one (16, 5e-5), else as YAML reads it
+    (auto, null); the config's pydantic model then validates it, as it does a study file's."""
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text) if text.strip() else text
+
+
+def add_model_flags(p: argparse.ArgumentParser, model, skip=()) -> list[str]:
+    """One flag per field of a pydantic model, its help the field's description, its choices the
+    field's Literal values (shown; the model checks them): the model owns the settings, the command
+    line only spells them."""
+    names = []
+    for name, field in model.model_fields.items():
+        if name in skip:
+            continue
+        flag, choices = "--" + name.replace("_", "-"), _literal_choices(field.annotation)
+        if field.annotation in (str, typing.Optional[str]):   # names and paths stay as typed
+            p.add_argument(flag, metavar=name.upper(), help=field.description)
+        elif field.annotation is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=field.description)
+        elif choices:   # checked by the model, not argparse: a bad value is the model's one-line error
+            p.add_argument(flag, metavar="{" + ",".join(choices) + "}", help=field.description)
+        else:
+            p.add_argument(flag, type=_scalar, metavar=name.upper(), help=field.description)
+        names.append(name)
+    return names
+
+
+def parser() -> tuple[argparse.ArgumentParser, list[str], list[str]]:
     from .config import DataConfig, TrainConfig
 
     p = argparse.ArgumentParser(prog="python -m tune_study.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML or JSON file with a training config (flags override it)")
-    p.add_argument("--model", help="minilm | bert-base-uncased | roberta-base | *-random | tiny-bert | hub id | dir")
-    p.add_argument("--batch-size", type=int, help="effective batch (examples per optimizer step)")
-    p.add_argument("--micro-batch-size", help="examples per forward/backward, or 'auto'")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--scheduler", choices=["constant", "linear", "cosine"])
-    p.add_argument("--warmup-ratio", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--lr-scaling", choices=["none", "sqrt", "linear"],
-                   help="lr * (batch / lr-base-batch)^0.5 (sqrt) or ^1 (linear)")
-    p.add_argument("--lr-base-batch", type=int, help="the batch at which --lr is used as given")
-    p.add_argument("--beta2-scaling", choices=["none", "halflife"], help="halflife: beta2 = 0.999^(batch / base)")
-    p.add_argument("--max-len", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
-    p.add_argument("--threads", type=int)
-    p.add_argument("--evals-per-epoch", type=int, help=TrainConfig.model_fields["evals_per_epoch"].description)
-    p.add_argument("--source", help="data source: bundled | hub | file | aclimdb")
-    p.add_argument("--path", help="data file or aclImdb folder (source file / aclimdb)")
-    p.add_argument("--max-examples", type=int, help="stratified subsample of the data before the 8:1:1 split")
-    p.add_argument("--truncation", help=DataConfig.model_fields["truncation"].description)
+    train_keys = add_model_flags(p.add_argument_group("training (TrainConfig)"), TrainConfig, skip=("data",))
+    data_keys = add_model_flags(p.add_argument_group("data (DataConfig)"), DataConfig)
     p.add_argument("--out", help="folder for the latest checkpoint and the best model")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    return p, train_keys, data_keys
+
+
+def main(argv=None) -> int:
+    show_warnings()
+    p, train_keys, data_keys = parser()
     args = p.parse_args(argv)
 
     try:
@@ -54,21 +84,9 @@ def main(argv=None) -> int:
             from .config import read_yaml
 
             config = read_yaml(args.config)
-        flags = {"model": args.model, "batch_size": args.batch_size, "lr": args.lr, "epochs": args.epochs,
-                 "scheduler": args.scheduler, "warmup_ratio": args.warmup_ratio,
-                 "weight_decay": args.weight_decay, "max_len": args.max_len, "seed": args.seed,
-                 "precision": args.precision, "threads": args.threads, "lr_scaling": args.lr_scaling,
-                 "lr_base_batch": args.lr_base_batch, "beta2_scaling": args.beta2_scaling,
-                 "evals_per_epoch": args.evals_per_epoch}
-        if args.micro_batch_size is not None:
-            mb = args.micro_batch_size
-            flags["micro_batch_size"] = mb if mb == "auto" else int(mb)
-        config.update({k: v for k, v in flags.items() if v is not None})
+        config.update({k: getattr(args, k) for k in train_keys if getattr(args, k) is not None})
         data = dict(config.get("data", {}))
-        for key, val in (("source", args.source), ("path", args.path), ("max_examples", args.max_examples),
-                         ("truncation", args.truncation)):
-            if val is not None:
-                data[key] = val
+        data.update({k: getattr(args, k) for k in data_keys if getattr(args, k) is not None})
         config["data"] = data
         if "micro_batch_size" not in config and "batch_size" in config:
             config["micro_batch_size"] = "auto"

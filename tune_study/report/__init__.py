@@ -18,10 +18,9 @@ from pathlib import Path
 
 from ..errors import EXIT_BAD_INPUT, StudyError
 from ..log import show_warnings
-from .load import Study, load_study
+from .load import StudyResults, load_study
 
 DEFAULT_MARGIN = 0.02
-OWN_OUTPUTS = ("report.md", "test_table.csv", "expected_max_table.csv")
 
 
 def build_report(study_dir, margin: float = DEFAULT_MARGIN, log=print, figures: bool = True,
@@ -65,4 +64,4 @@ def main(argv=None) -> int:
     return 0
 
 
-__all__ = ["build_report", "load_study", "Study", "main"]
+__all__ = ["build_report", "load_study", "StudyResults", "main"]

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .. import metrics as M
-from .load import MAIN_AXES, Study
+from .load import MAIN_AXES, StudyResults
 
 BEYOND, WITHIN, UNDETERMINED, NOT_COMPARABLE = "beyond noise", "within noise", "undetermined", "not comparable"
 VERDICTS = (BEYOND, WITHIN, UNDETERMINED, NOT_COMPARABLE)
@@ -35,7 +35,7 @@ def ok(x) -> bool:
 
 # ----------------------------------------------------------------------------- configs
 
-def config_columns(study: Study) -> list[str]:
+def config_columns(study: StudyResults) -> list[str]:
     """What makes a config: model, scheduler, batch size and every other axis except the seed."""
     axes = [a for a in study.axes if a not in ("seed", "stage")]
     return [c for c in dict.fromkeys([*MAIN_AXES, *axes]) if c in study.trials.columns]
@@ -51,7 +51,7 @@ def _fmt_axis(k, v) -> str:
     return f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
 
 
-def label_trials(study: Study) -> pd.DataFrame:
+def label_trials(study: StudyResults) -> pd.DataFrame:
     """trials with a ``cfg`` label column."""
     cols = config_columns(study)
     t = study.trials.copy()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pandas as pd
 
@@ -13,14 +12,14 @@ from . import analysis as A
 from . import lr_gap as G
 from . import noise as N
 from . import questions as Q
-from .load import Study
+from .load import StudyResults
 
 MAX_CONFIGS_ALL_PAIRS = 16  # the all-pairs family (n(n-1)/2 paired tests) only up to this many configs
 
 
 @dataclass
 class Analysis:
-    study: Study
+    study: StudyResults
     trials: pd.DataFrame            # labelled (cfg) with the collapse columns
     main: pd.DataFrame              # the grid / search stage's trials
     cfgs: pd.DataFrame              # configs of the main stage
@@ -50,7 +49,7 @@ class Analysis:
         return self.study.predictions is not None
 
 
-def analyse(study: Study, margin: float = 0.02) -> Analysis:
+def analyse(study: StudyResults, margin: float = 0.02) -> Analysis:
     t = A.label_trials(study)
     majority, measured = A.majority_of(t)
     coll = Q.collapse_table(t, study.history, majority, margin)
@@ -153,7 +152,3 @@ def write_outputs(an: Analysis, figures: bool = True) -> dict:
     if p:
         out["budget"] = p.name
     return out
-
-
-def report_path(study_dir) -> Path:
-    return Path(study_dir) / "report.md"

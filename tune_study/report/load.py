@@ -2,7 +2,7 @@
 
 The report needs nothing else: not the Ray experiment (tune/, repeat/), not the checkpoints. What it
 cannot use it either refuses (StudyError: one line naming the file; nothing is written) or leaves
-out and names in ``Study.notices``, which the report prints near its top:
+out and names in ``StudyResults.notices``, which the report prints near its top:
 
   refused      no trials or history export; an export that exists but cannot be read (and has no
                readable twin) or lacks a column the report needs; a CSV and a Parquet of one table
@@ -34,7 +34,7 @@ REQUIRED = {C.TRIALS: ("trial_id", "stage", "status"), C.HISTORY: ("trial_id", "
 
 
 @dataclass
-class Study:
+class StudyResults:
     """One study folder's data. ``predictions`` is None when the study did not store usable ones;
     ``notices`` says, one sentence each, what in the folder the report could not use."""
     path: Path
@@ -113,8 +113,8 @@ def _read_space(d: Path) -> dict:
     return read_yaml(f)   # an unreadable file (not UTF-8, unreadable, malformed YAML) is one line there
 
 
-def load_study(path) -> Study:
-    """The study folder's tables and study file, as a ``Study``; writes nothing.
+def load_study(path) -> StudyResults:
+    """The study folder's tables and study file, as a ``StudyResults``; writes nothing.
 
     Raises StudyError (one line naming the file) when ``path`` is not a study folder or its exports
     cannot be used; see the module's docstring for what is refused and what is left out.
@@ -138,7 +138,7 @@ def load_study(path) -> Study:
         unusable = (C.PREDICTIONS,) if preds is None else ()
     for n in notices:
         log.warning("%s: %s", d, n)
-    return Study(d, space, kind, trials, history, preds,
+    return StudyResults(d, space, kind, trials, history, preds,
                  {"trials": t_src, "history": h_src, "predictions": p_src if preds is not None else ""}, notices,
                  unusable)
 

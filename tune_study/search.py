@@ -29,6 +29,7 @@ from pathlib import Path
 from .errors import EXIT_BAD_INPUT, StudyError
 from .study import options_from_args, representative_configs, run_study, study_parser, tokenize_for_study
 from .study_folder import open_study_folder
+from .study_sections import discrete_values
 from .config import TRAIN_DEFAULTS, load_space, read_yaml
 from .log import show_warnings
 
@@ -52,13 +53,6 @@ def parser():
 
 def _is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _choices(spec):
-    if isinstance(spec, list):
-        return spec
-    kind, args = next(iter(spec.items()))
-    return args if kind == "choice" else None
 
 
 def load_search_space(path) -> dict:
@@ -110,7 +104,7 @@ def _plain(v):
 
 def _fit(spec, value):
     """``value`` as the distribution holds it, or raise ValueError when the distribution can't produce it."""
-    values = _choices(spec)
+    values = discrete_values(spec)
     if values is not None:
         for c in values:
             if type(c) is type(value) or (_is_num(c) and _is_num(value)):

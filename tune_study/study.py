@@ -25,6 +25,7 @@ from .ray_setup import init_ray, keep_alive, print_dashboard, resources_for
 from .results import EXPERIMENT, REPEAT_EXPERIMENT, console_table, export, load_result_grid
 from .config import epochs_of, grid_size
 from .study_folder import restorable, study_paths
+from .study_sections import discrete_values
 from .trial import trainable, trial_name
 from .trial_files import is_out_of_space, print_disk_estimate
 
@@ -96,20 +97,13 @@ def tokenize_for_study(study: dict, param_configs: list[dict]) -> dict:
     return out
 
 
-def axis_values(spec) -> list | None:
-    """The values an axis can take: a list, or a choice's list; None for a continuous distribution."""
-    if isinstance(spec, dict):
-        return list(next(iter(spec.values()))) if "choice" in spec else None
-    return list(spec)
-
-
 def representative_configs(study: dict) -> list[dict]:
     """(model, max_len) pairs any trial can have, for tokenizing up front."""
     from .config import TRAIN_DEFAULTS
 
     def values(key):
         v = study["axes"].get(key)
-        return [study["fixed"].get(key, TRAIN_DEFAULTS[key])] if v is None else axis_values(v)
+        return [study["fixed"].get(key, TRAIN_DEFAULTS[key])] if v is None else discrete_values(v)
 
     models, lens = values("model"), values("max_len")
     if models is None or lens is None:

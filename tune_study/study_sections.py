@@ -84,12 +84,18 @@ def _check_range(dist: str, args):
 Axis = Annotated[Any, PlainValidator(_check_axis), WithJsonSchema(AXIS_SCHEMA)]
 
 
+def discrete_values(spec) -> list | None:
+    """The values an axis can take: its list, or a choice's values; None for a range (a distribution)."""
+    if isinstance(spec, list):
+        return list(spec)
+    dist, args = next(iter(spec.items()))
+    return list(args) if dist == "choice" else None
+
+
 def axis_values(spec) -> list:
     """Representative values of an axis: the list, a choice's values, or a range's two ends."""
-    if isinstance(spec, list):
-        return spec
-    dist, args = next(iter(spec.items()))
-    return args if dist == "choice" else [args[0], args[1]]
+    values = discrete_values(spec)
+    return values if values is not None else list(next(iter(spec.values()))[:2])
 
 
 def check_axes(v):

@@ -175,7 +175,9 @@ def test_make_scheduler_from_the_study_file(tmp_path):
 
     def made(name):
         s = make_scheduler(study[name], 3)
-        assert s.set_search_properties("val_acc", "max")   # as TuneConfig(metric=, mode=) does
+        assert s.metric == "val_acc"          # its own metric: the Tuner names none
+        assert s.set_search_properties(None, None)           # as Tune calls it then
+        assert not s.set_search_properties("val_acc", "max")  # a TuneConfig metric as well would be refused
         return s
 
     curves = [[(acc, 0.5)] * 3 for acc in (0.9, 0.5, 0.8, 0.4)]

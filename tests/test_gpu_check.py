@@ -81,12 +81,14 @@ def test_random_model_saves_without_the_bundled_tokenizer(monkeypatch, tmp_path,
         training._save_tokenizer("minilm", tmp_path)          # a pretrained model's own: a real error
 
 
+@pytest.mark.slow   # a benchmark run end to end: the full suite's, not the fast tier's
 def test_concurrent_trials_start_their_timed_epoch_together():
     row = bench.concurrent("tiny-bert", 2, 16, 16, 2, "fp32")
     assert row["case"] == "2 trials sharing the device" and row["micro"] == 16
     assert row["samples_per_s"] > 0 and row["device"].startswith("cpu")
 
 
+@pytest.mark.slow   # a benchmark run end to end: the full suite's, not the fast tier's
 def test_gpu_check_smoke(tmp_path):
     out = tmp_path / "out"
     rc = gpu_check.main(["--smoke", "--out", str(out), "--work", str(tmp_path / "work"), "--budget", "400",

@@ -177,6 +177,7 @@ def test_cpu_resources_split_cores(monkeypatch):
     assert conc == 2 and threads == 1 and per_trial({"batch_size": 8}) == {"cpu": 1, "gpu": 0}
 
 
+@pytest.mark.slow   # a benchmark run end to end: the full suite's, not the fast tier's
 def test_bench_writes_table_with_baseline_ratio(tmp_path, capsys):
     assert bench.main(["--models", "tiny-bert", "--batch-sizes", "8", "--steps", "2", "--max-len", "32",
                        "--out", str(tmp_path)]) == 0

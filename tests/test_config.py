@@ -224,6 +224,8 @@ def test_train_cli_is_built_from_the_config_models():
                 assert actions[name].metavar == "{" + ",".join(str(v) for v in typing.get_args(ann)) + "}", name
     args = p.parse_args(["--lr", "5e-5", "--micro-batch-size", "auto", "--no-noise-scale", "--batch-size", "16"])
     assert (args.lr, args.micro_batch_size, args.noise_scale, args.batch_size) == (5e-5, "auto", False, 16)
+    assert "model" not in vars(args)                                   # a flag not given is absent
+    assert vars(p.parse_args(["--max-grad-norm", "null"]))["max_grad_norm"] is None   # "no clipping", kept
 
 
 def test_train_cli_bad_value_is_one_line(capsys):

@@ -206,7 +206,8 @@ def mask_path_check(model_name: str, device) -> dict:
 
     from tune_study.bench import synthetic
     from tune_study.models import load_model
-    from tune_study.training import autocast_for, evaluate
+    from tune_study.step import autocast_for
+    from tune_study.training import evaluate
 
     model = load_model(model_name).to(device).eval()
     cfg = model.config  # the path applies to BERT / RoBERTa under SDPA

@@ -82,8 +82,8 @@ def _lower_better(x, sign: float = 1.0) -> float:
 class InOrderASHA(FIFOScheduler):
     """ASHA whose rung decisions follow trial order, not arrival order (see the module doc).
 
-    ``time_attr`` counts epochs (our trainable reports once per epoch); ``metric``/``mode`` come
-    from TuneConfig unless given; ``tie_metric`` (lower is better) breaks ties of the metric.
+    ``time_attr`` counts epochs (our trainable reports once per epoch); ``metric``/``mode`` as given
+    (``make_scheduler``: EARLY_STOPPING_METRIC), else Tune's; ``tie_metric`` (lower is better) breaks ties of the metric.
     """
 
     # each result must be seen before the trial trains on: a buffered run would train past a rung

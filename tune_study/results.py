@@ -46,7 +46,8 @@ def _trials_by_id(result_grid) -> dict:
     if not path:
         return {}
     try:
-        return {t.trial_id: t for t in ExperimentAnalysis(path).trials}
+        analysis = ExperimentAnalysis(path, storage_filesystem=getattr(result_grid, "filesystem", None))
+        return {t.trial_id: t for t in analysis.trials}
     except Exception:  # no saved state yet: every result carries its own config then
         return {}
 

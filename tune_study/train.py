@@ -49,13 +49,16 @@ def add_model_flags(p: argparse.ArgumentParser, model, skip=()) -> list[str]:
             continue
         flag, choices = "--" + name.replace("_", "-"), _literal_choices(field.annotation)
         if field.annotation in (str, typing.Optional[str]):   # names and paths stay as typed
-            p.add_argument(flag, metavar=name.upper(), help=field.description)
+            p.add_argument(flag, metavar=name.upper(), help=field.description, default=argparse.SUPPRESS)
         elif field.annotation is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=field.description)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                           help=field.description)
         elif choices:   # checked by the model, not argparse: a bad value is the model's one-line error
-            p.add_argument(flag, metavar="{" + ",".join(choices) + "}", help=field.description)
-        else:
-            p.add_argument(flag, type=_scalar, metavar=name.upper(), help=field.description)
+            p.add_argument(flag, metavar="{" + ",".join(choices) + "}", help=field.description,
+                           default=argparse.SUPPRESS)
+        else:   # (a flag not given is absent, so `--max-grad-norm null` can say "none")
+            p.add_argument(flag, type=_scalar, metavar=name.upper(), help=field.description,
+                           default=argparse.SUPPRESS)
         names.append(name)
     return names
 
@@ -84,9 +87,10 @@ def main(argv=None) -> int:
             from .config import read_yaml
 
             config = read_yaml(args.config)
-        config.update({k: getattr(args, k) for k in train_keys if getattr(args, k) is not None})
+        given = vars(args)   # only the flags on the command line (the others are suppressed)
+        config.update({k: given[k] for k in train_keys if k in given})
         data = dict(config.get("data", {}))
-        data.update({k: getattr(args, k) for k in data_keys if getattr(args, k) is not None})
+        data.update({k: given[k] for k in data_keys if k in given})
         config["data"] = data
         if "micro_batch_size" not in config and "batch_size" in config:
             config["micro_batch_size"] = "auto"

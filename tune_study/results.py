@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .config import TRAIN_DEFAULTS
 from .files import write_atomically
 from .columns import (AXIS_ORDER, EVAL_COLUMNS, HISTORY, HISTORY_COLUMNS, PREDICTION_COLUMNS, PREDICTIONS, STAGES,
                       TRIAL_COLUMNS, TRIALS)
@@ -117,7 +118,6 @@ def _error_line(error) -> str:
 def build_frames(result_grid, study: dict, stage: str = "grid") -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(trials, history, predictions) of one Tune run; ``stage`` is one of columns.STAGES."""
     assert stage in STAGES, stage
-    epochs_planned = study["fixed"].get("epochs", 5)
     axes = list(study["axes"])
     known = _trials_by_id(result_grid)
     rows, hist, preds = [], [], []
@@ -130,7 +130,7 @@ def build_frames(result_grid, study: dict, stage: str = "grid") -> tuple[pd.Data
         axis_values = {k: cfg.get(k) for k in axes}
         # every trial has a seed: its config's (an axis, the fixed value or a repeat's), else
         # training's default, 0
-        seed = {"seed": cfg.get("seed", 0)} if "seed" not in axes else {}
+        seed = {"seed": cfg.get("seed", TRAIN_DEFAULTS["seed"])} if "seed" not in axes else {}
         df = _with_stored_epochs(result.metrics_dataframe, result.checkpoint)
         if df is not None and len(df):
             df = pd.DataFrame(evaluation_rows(df))
@@ -148,7 +148,7 @@ def build_frames(result_grid, study: dict, stage: str = "grid") -> tuple[pd.Data
         if result.error:
             status = "ERROR"
         epochs_run = int(m.get("epoch", 0) or 0)
-        planned = cfg.get("epochs", epochs_planned)
+        planned = cfg.get("epochs", TRAIN_DEFAULTS["epochs"])   # (a trial config names what its study file did)
         row = {"trial_id": trial_id, "stage": stage, **axis_values, **seed}
         row.update({k: m.get(k) for k in TRIAL_COLUMNS})
         row.update({
@@ -157,7 +157,7 @@ def build_frames(result_grid, study: dict, stage: str = "grid") -> tuple[pd.Data
             "epochs_run": epochs_run, "epochs_planned": planned,
             "samples_per_s": (m["samples_seen"] / m["train_time_s"]) if m.get("train_time_s") else None,
             "wall_time_s": m.get("time_total_s"),
-            "evals_per_epoch": cfg.get("evals_per_epoch", 1),
+            "evals_per_epoch": cfg.get("evals_per_epoch", TRAIN_DEFAULTS["evals_per_epoch"]),
             "error": _error_line(result.error), "trial_path": result.path,
         })
         row.update({k: cfg.get(k) for k in CONFIG_EXTRA if k not in axes})

@@ -102,7 +102,7 @@ def _plain(v):
     return v.item() if hasattr(v, "item") and not isinstance(v, (str, bytes)) else v
 
 
-def _fit(spec, value):
+def _value_in_space(spec, value):
     """``value`` as the distribution holds it, or raise ValueError when the distribution can't produce it."""
     values = discrete_values(spec)
     if values is not None:
@@ -186,7 +186,7 @@ def points_from_grid(path, study: dict, log=print) -> list[dict]:
             else:
                 return None, f"the grid does not record {key}"
             try:
-                point[key] = _fit(spec, value)
+                point[key] = _value_in_space(spec, value)
             except ValueError as e:
                 return None, f"{key}={value!r} is {e}"
         return point, None
@@ -195,7 +195,7 @@ def points_from_grid(path, study: dict, log=print) -> list[dict]:
     for model, trials in ok.groupby("model", sort=False):
         if "model" in study["axes"]:
             try:
-                _fit(study["axes"]["model"], _plain(model))
+                _value_in_space(study["axes"]["model"], _plain(model))
             except ValueError as e:
                 log(f"--from-grid: note: model {model!r} is {e} in this search space; its trials are not used")
                 continue

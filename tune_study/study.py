@@ -168,7 +168,7 @@ def _tuner(study, trainable_, exp_path, storage, name, param_space, *, search_al
             sync_config=tune.SyncConfig(sync_artifacts=True)))
 
 
-def _fit(tuner, exp_path):
+def _fit_and_reload(tuner, exp_path):
     result_grid = tuner.fit()
     try:  # the saved experiment state knows which trials an interrupt (Ctrl-C) left unfinished
         return load_result_grid(exp_path)
@@ -228,7 +228,7 @@ def run_study(study: dict, options, param_space: dict, search_alg=None, num_samp
                 tuner = _tuner(study, make_trainable(exp_path), exp_path, storage, EXPERIMENT, space,
                                search_alg=search_alg, num_samples=num_samples, conc=conc, scheduler=scheduler,
                                resume=options.resume, stage=kind, study_dir=study_dir)
-                result_grid = _fit(tuner, exp_path)
+                result_grid = _fit_and_reload(tuner, exp_path)
             grids = [(kind, result_grid)]
             trials, _ = export(grids, study, study_dir)
             if repeat and not _unfinished(trials):
@@ -242,7 +242,7 @@ def run_study(study: dict, options, param_space: dict, search_alg=None, num_samp
                                    search_alg=BasicVariantGenerator(points_to_evaluate=points),
                                    num_samples=len(points), conc=conc, scheduler=None, resume=options.resume,
                                    stage="repeat", study_dir=study_dir)
-                    grids.append(("repeat", _fit(tuner, rep_path)))
+                    grids.append(("repeat", _fit_and_reload(tuner, rep_path)))
                     trials, _ = export(grids, study, study_dir)
         except Exception as e:
             if not is_out_of_space(e):

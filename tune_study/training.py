@@ -158,7 +158,8 @@ def train(config: dict, report: Callable[[dict, str | None], object] | None = No
             "gns_b_simple_epoch": noise.epoch_b_simple() if noise is not None else math.nan})
         run.update(epoch=epoch + 1, micro_batch_size=m)
         run["history"].append(metrics)
-        stop = _report(report, metrics, checkpoints and (lambda: _state(model, optimizer, scheduler, run)))
+        state = _state(model, optimizer, scheduler, run) if checkpoints and report is not None else None
+        stop = _report(report, metrics, state)
         # Only now, with the epoch's checkpoint persisted by ``report``, may the replaced best model
         # go: a crash before this line resumes from the older checkpoint, whose best it is.
         if new_best and output_dir:
@@ -298,15 +299,15 @@ def _state(model, optimizer, scheduler, run: dict) -> dict:
             "rng": rng_state(), **run}
 
 
-def _report(report, metrics: dict, state) -> object:
-    """``report(metrics, checkpoint_dir)``; ``state`` (a function) gives the checkpoint's content, or
-    is falsy for a report without a checkpoint."""
+def _report(report, metrics: dict, state: dict | None) -> object:
+    """``report(metrics, checkpoint_dir)`` with ``state`` (the full training state) saved into a
+    temporary checkpoint folder for the call; ``state`` None: a report without a checkpoint."""
     if report is None:
         return False
-    if not state:
+    if state is None:
         return report(metrics, None)
     with tempfile.TemporaryDirectory(prefix="tune_study_ckpt_") as ckpt:
-        save_state(ckpt, state())
+        save_state(ckpt, state)
         return report(metrics, ckpt)
 
 

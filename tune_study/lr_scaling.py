@@ -63,14 +63,18 @@ def smallest_batch(axes: dict, fixed: dict, default: int) -> int | None:
     return min(values)
 
 
+def _scales(axes: dict, fixed: dict) -> bool:
+    """Whether some trial of the study scales lr or beta2 with its batch."""
+    return any(r != "none" for key in SCALING_KEYS for r in _values(key, axes, fixed, "none"))
+
+
 def with_base_batch(axes: dict, fixed: dict, default_batch: int) -> dict:
     """``fixed`` with ``lr_base_batch`` set to the study's smallest batch when some trial scales lr
     or beta2 and the study names no base batch of its own; otherwise ``fixed`` unchanged (an
     unscaled study's trial configs stay exactly as written)."""
     if "lr_base_batch" in axes or fixed.get("lr_base_batch") is not None:
         return fixed
-    rules = [r for key in SCALING_KEYS for r in _values(key, axes, fixed, "none")]
-    if all(r == "none" for r in rules):
+    if not _scales(axes, fixed):
         return fixed
     base = smallest_batch(axes, fixed, default_batch)
     if base is None:
@@ -81,9 +85,8 @@ def with_base_batch(axes: dict, fixed: dict, default_batch: int) -> dict:
 def warn_if_nothing_scaled(axes: dict, fixed: dict, default_batch: int) -> None:
     """A validated study that scales lr or beta2 from a base batch which is every trial's batch:
     the setting changes nothing, which is worth a warning (never before the study is known valid)."""
-    rules = [r for key in SCALING_KEYS for r in _values(key, axes, fixed, "none")]
     base = fixed.get("lr_base_batch")
-    if base is None or "lr_base_batch" in axes or all(r == "none" for r in rules):
+    if base is None or "lr_base_batch" in axes or not _scales(axes, fixed):
         return
     if set(_values("batch_size", axes, fixed, default_batch)) == {base}:
         log.warning("lr_scaling / beta2_scaling: every trial has batch_size %d, the base batch: nothing "

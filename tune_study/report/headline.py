@@ -3,8 +3,7 @@ by val with its test accuracy and interval, each batch-size ordering with its ve
 scale's line per model · scheduler. The same sentences as report.md's findings, shortened."""
 from __future__ import annotations
 
-from scipy.stats import binomtest
-
+from .. import metrics as M
 from .analysis import ok
 from .text import f3, symbol
 
@@ -12,8 +11,8 @@ from .text import f3, symbol
 def _wilson(acc: float, n) -> str:
     if not ok(acc) or not n:
         return ""
-    ci = binomtest(round(acc * int(n)), int(n)).proportion_ci(confidence_level=0.95, method="wilson")
-    return f" (Wilson 95% [{ci.low:.3f}, {ci.high:.3f}], n_test {int(n)})"
+    lo, hi = M.wilson_interval(acc * int(n), int(n))
+    return f" (Wilson 95% [{lo:.3f}, {hi:.3f}], n_test {int(n)})"
 
 
 def headline(an) -> list[str]:
@@ -35,4 +34,3 @@ def headline(an) -> list[str]:
         b = f"{s.b_noise:.0f}" if ok(s.b_noise) else "undefined"
         L.append(f"noise scale, {s.model} · {s.scheduler}: B_noise {b} (median B_simple at the end); {checks}")
     return L
-

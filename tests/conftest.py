@@ -5,8 +5,11 @@ Kept deliberately small so that other test modules (Ray, CLI, ...) can build on 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+
+SMOKE = Path(__file__).resolve().parents[1] / "search_spaces" / "smoke.yaml"
 
 # Set before any test module imports transformers / datasets / huggingface_hub, which read these
 # variables at import time: nothing in the suite may touch the network.
@@ -24,7 +27,7 @@ def pytest_configure(config):
 # The fast tier (`-m "not slow"`) is every test that needs no Ray cluster: config, data, the loop on
 # tiny-bert, the report on synthetic exports. These fixtures and modules start Ray (or run whole
 # studies), so their tests are slow wherever they are used.
-SLOW_FIXTURES = {"ray_cluster", "smoke_study", "two_nodes", "tracked_smoke", "two_runs", "smoke_search"}
+SLOW_FIXTURES = {"ray_cluster", "local_ray", "smoke_study", "two_nodes", "tracked_smoke", "two_runs", "smoke_search"}
 SLOW_MODULES = {"test_faults", "test_study", "test_cluster", "test_same_study", "test_callbacks"}
 
 
@@ -43,6 +46,47 @@ def _isolated_cache(tmp_path_factory):
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setenv("HF_DATASETS_OFFLINE", "1")
         yield cache
+
+
+# ----------------------------------------------------------------------------- Ray, started once
+
+def ensure_local_ray() -> None:
+    """A private local Ray of 2 CPUs in this process, started on first use and kept: starting one
+    costs seconds of CPU, so the modules that need a plain one share it. A module that needs its own
+    (test_faults: a worker hook; test_cluster: two nodes) shuts it down first and the next user
+    starts it again. The last test's teardown shuts it down."""
+    import ray
+
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ensure_local_ray()
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ray_down_at_the_end():
+    yield
+    import sys
+
+    if "ray" in sys.modules:
+        sys.modules["ray"].shutdown()
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory):
+    """The smoke study (search_spaces/smoke.yaml) run once through ``python -m tune_study.grid``'s
+    main, with its report: (exit code, study folder), for every test that reads a real study."""
+    from tune_study import grid
+
+    ensure_local_ray()
+    out = tmp_path_factory.mktemp("smoke_results")
+    rc = grid.main(["--space", str(SMOKE), "--results-dir", str(out)])
+    return rc, out / "smoke"
 
 
 @pytest.fixture

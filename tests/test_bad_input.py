@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tune_study import grid, ray_setup, train
+from tune_study import grid, train
 from tune_study.errors import StudyError
-from tune_study.checkpoints import load_state
+from tune_study.training.checkpoints import load_state
+from tune_study.tuning import ray_setup
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "search_spaces" / "smoke.yaml"

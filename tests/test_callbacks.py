@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import ensure_local_ray
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "search_spaces" / "smoke.yaml"
@@ -29,7 +30,6 @@ def _seconds(h, m, s) -> int:
 @pytest.fixture(scope="module")
 def tracked_smoke(tmp_path_factory):
     pytest.importorskip("mlflow")
-    import ray
 
     from tune_study import grid
 
@@ -42,7 +42,7 @@ def tracked_smoke(tmp_path_factory):
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     before = os.environ.get("TUNE_STUDY_PROGRESS_S")
     os.environ["TUNE_STUDY_PROGRESS_S"] = "1"   # a line a second, not Tune's 30 s: the study lasts ~1 min
-    ray.init(num_cpus=2, include_dashboard=False)
+    ensure_local_ray()
     out = io.StringIO()
     try:
         t0 = time.monotonic()
@@ -50,7 +50,6 @@ def tracked_smoke(tmp_path_factory):
             rc = grid.main(["--space", str(space), "--results-dir", str(tmp / "results"), "--no-report"])
         wall = time.monotonic() - t0
     finally:
-        ray.shutdown()
         if before is None:
             os.environ.pop("TUNE_STUDY_PROGRESS_S", None)
         else:
@@ -117,9 +116,10 @@ def test_progress_lines_while_the_study_runs(tracked_smoke):
 BLOCKED = """
 import sys
 sys.modules["mlflow"] = None   # any import of mlflow now raises ImportError
-from tune_study.callbacks import study_callbacks
+from tune_study.tuning.callbacks import study_callbacks
 from tune_study.config import load_space
-from tune_study import grid, search, study, report
+from tune_study import grid, report, search
+from tune_study.tuning import runner as study
 s = load_space("search_spaces/default.yaml")
 cbs = study_callbacks(s, "grid", sys.argv[1])
 print([type(c).__name__ for c in cbs], [m for m in sys.modules if "mlflow" in m and sys.modules[m] is not None])

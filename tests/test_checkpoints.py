@@ -1,4 +1,4 @@
-"""tune_study.checkpoints: the side files of a checkpoint, and the best model's staging, promotion and
+"""tune_study.training.checkpoints: the side files of a checkpoint, and the best model's staging, promotion and
 recovery after a crash at any point of the swap."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tune_study import checkpoints as ck
+from tune_study.training import checkpoints as ck
 
 
 def _model_dir(folder, epoch, marked=True):

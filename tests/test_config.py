@@ -10,8 +10,17 @@ import pytest
 import yaml
 
 from tune_study import config, grid
-from tune_study.config import (TRAIN_DEFAULTS, DataConfig, Study, TrainConfig, data_config, load_space,
-                               resolve_config, study_schema, validate_study)
+from tune_study.config import (
+    TRAIN_DEFAULTS,
+    DataConfig,
+    Study,
+    TrainConfig,
+    data_config,
+    load_space,
+    resolve_config,
+    study_schema,
+    validate_study,
+)
 from tune_study.errors import StudyError
 from tune_study.study_sections import EarlyStopping, Repeat, Resources
 
@@ -98,7 +107,7 @@ def test_seed_range_ends_are_accepted(tmp_path):
     study = _load(tmp_path, BASE + "  seed: [0, 4294967295]\nrepeat: {top: 1, seeds: [0, 4294967295]}\n"
                                "fixed: {data: {split_seed: 4294967295}}\n")
     assert study["axes"]["seed"] == [0, 2**32 - 1] and study["repeat"]["seeds"] == [0, 2**32 - 1]
-    assert resolve_config({"seed": 2**32 - 1})["seed"] == 2**32 - 1
+    assert resolve_config({"seed": 2**32 - 1}).seed == 2**32 - 1
     with pytest.raises(StudyError, match=r"^seed: expected an integer in \[0, 2\*\*32\), got -1$"):
         resolve_config({"seed": -1})
     with pytest.raises(StudyError, match=r"^data.split_seed: .* got 4294967296$"):
@@ -117,8 +126,8 @@ def test_seed_out_of_range_exits_2_before_any_write(tmp_path, capsys):
 # ----------------------------------------------------------------------------- new keys
 
 def test_evals_per_epoch():
-    assert TRAIN_DEFAULTS["evals_per_epoch"] == 1 and resolve_config({})["evals_per_epoch"] == 1
-    assert resolve_config({"evals_per_epoch": 4})["evals_per_epoch"] == 4
+    assert TRAIN_DEFAULTS["evals_per_epoch"] == 1 and resolve_config({}).evals_per_epoch == 1
+    assert resolve_config({"evals_per_epoch": 4}).evals_per_epoch == 4
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(StudyError, match=r"^evals_per_epoch: expected an integer >= 1"):
             resolve_config({"evals_per_epoch": bad})

@@ -1,16 +1,20 @@
 """tune_study.data: sources, cleaning, label mapping, dedup, the stratified 8:1:1 split, the token cache."""
 from __future__ import annotations
 
-
 import pandas as pd
 import pytest
 import torch
 
 import tune_study.data as data_mod
-from tune_study.data import (clean_text, data_config, load_reviews, load_tokenized, split_reviews,
-                             tokenize_splits)
+from tune_study.data import (
+    clean_text,
+    data_config,
+    load_reviews,
+    load_tokenized,
+    split_reviews,
+    tokenize_splits,
+)
 from tune_study.errors import StudyError
-
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -505,8 +509,9 @@ def test_load_tokenized_hub_folder_change_invalidates(tmp_path, private_cache, m
 
 def test_load_tokenized_hub_revision_change_invalidates(private_cache, monkeypatch):
     """A hub dataset is keyed on the revision its builder resolves to; resolving it loads no data."""
-    import datasets
     from types import SimpleNamespace
+
+    import datasets
 
     revision = ["1111aaaa"]
     asked = []

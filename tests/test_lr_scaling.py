@@ -12,15 +12,21 @@ import pandas as pd
 import pytest
 import torch
 
-import tune_study.training as training
-from tune_study import results
+import tune_study.training.loop as training
 from tune_study.config import load_space, resolve_config
 from tune_study.errors import StudyError
 from tune_study.grid import grid_param_space
-from tune_study.lr_scaling import ADAM_BETAS, adamw_settings, scaled_beta2, scaled_lr, with_base_batch
+from tune_study.lr_scaling import (
+    ADAM_BETAS,
+    adamw_settings,
+    scaled_beta2,
+    scaled_lr,
+    with_base_batch,
+)
 from tune_study.search import search_param_space
-from tune_study.study import repeat_points
-from tune_study.checkpoints import load_state
+from tune_study.training.checkpoints import load_state
+from tune_study.tuning import results
+from tune_study.tuning.runner import repeat_points
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = {"samples_per_s", "epoch_train_s", "eval_s", "train_time_s", "evals", "device"}

@@ -107,8 +107,15 @@ def test_wilson_interval_known_numbers():
 
 # ----------------------------------------------------------------------------- paired tests, Holm, budget
 
-from tune_study.metrics import (expected_max, holm, mcnemar_exact, nll_per_example, paired_bootstrap, paired_t_test,  # noqa: E402
-                                welch_t_test)
+from tune_study.metrics import (  # noqa: E402
+    expected_max,
+    holm,
+    mcnemar_exact,
+    nll_per_example,
+    paired_bootstrap,
+    paired_t_test,
+    welch_t_test,
+)
 
 
 def test_mcnemar_exact_hand_computed():

@@ -1,4 +1,4 @@
-"""tune_study.noise_scale: the gradient noise scale from the accumulation windows, against the exact
+"""tune_study.training.noise_scale: the gradient noise scale from the accumulation windows, against the exact
 |G|² and tr(Σ) of a logistic regression whose per-example gradients are computed in closed form, with
 negative controls; and the training loop with the measurement on (unchanged training) or off."""
 from __future__ import annotations
@@ -15,9 +15,17 @@ import torch
 import torch.nn.functional as F
 
 import tune_study.models as models
-import tune_study.training as training
-from tune_study.noise_scale import NoiseScale, b_simple, halves, interval_row, window_estimate
-from tune_study.training import accumulate_gradients, train
+import tune_study.training.loop as training
+import tune_study.training.memory as memory
+from tune_study.training.loop import train
+from tune_study.training.noise_scale import (
+    NoiseScale,
+    b_simple,
+    halves,
+    interval_row,
+    window_estimate,
+)
+from tune_study.training.step import accumulate_gradients
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_training import synth_data, tiny_cfg  # noqa: E402
@@ -225,14 +233,14 @@ def test_halves():
 def _trained(cfg, data, monkeypatch=None):
     """train(); the final weights, per-epoch reports, and the micro-batch sizes of every window."""
     weights, sizes = {}, []
-    real = training.accumulate_gradients
+    real = memory.accumulate_gradients
 
     def spy(model, micro, autocast=None, noise=None):
         sizes.append([len(mb["labels"]) for mb in micro])
         return real(model, micro, autocast, noise)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(training, "accumulate_gradients", spy)
+        mp.setattr(memory, "accumulate_gradients", spy)
         hist = train(cfg, data=data, report=lambda m, d: weights.update(training.load_state(d)["model"]))
     return weights, hist, sizes
 

@@ -1,11 +1,17 @@
-"""The progress line's estimate (tune_study.progress), on cases whose answer is known exactly."""
+"""The progress line's estimate (tune_study.tuning.progress), on cases whose answer is known exactly."""
 from __future__ import annotations
 
 import re
 
 import pytest
 
-from tune_study.progress import TrialState, clock, estimate, interval_s, progress_line
+from tune_study.tuning.progress import (
+    TrialState,
+    clock,
+    estimate,
+    interval_s,
+    progress_line,
+)
 
 N = 240   # training examples per epoch
 

@@ -13,8 +13,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from report_synth import (
+    N_TEST,
+    correct_mask,
+    curve,
+    flat_history,
+    line,
+    preds,
+    trial,
+    write_study,
+)
 
-from report_synth import N_TEST, correct_mask, curve, flat_history, line, preds, trial, write_study
 from tune_study.report import build_report, load_study, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,20 +158,9 @@ def test_cli(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- the real smoke study (Ray)
 
-@pytest.mark.slow
-def test_report_from_smoke_study(tmp_path):
-    import ray
-
-    from tune_study import grid
-
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False)
-    try:
-        rc = grid.main(["--space", str(SMOKE), "--results-dir", str(tmp_path), "--no-report"])
-    finally:
-        ray.shutdown()
+def test_report_from_smoke_study(smoke_study):
+    rc, d = smoke_study
     assert rc == 0
-    d = tmp_path / "smoke"
     before = _digest(d)
     text = build_report(d, log=lambda *_: None).read_text()
     assert all(_digest(d)[k] == v for k, v in before.items())

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from report_synth import N_TEST, correct_mask, curve, line, preds, trial, write_study
-from tune_study.errors import StudyError
+
 from tune_study.report import build_report, load_study, main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,8 +5,16 @@ accuracy breaking val ties, fixed sentences in (a), (b) and the ASHA note."""
 from __future__ import annotations
 
 import numpy as np
-
-from report_synth import (N_TEST, correct_mask, curve, flat_history, line, preds, report, trial)
+from report_synth import (
+    N_TEST,
+    correct_mask,
+    curve,
+    flat_history,
+    line,
+    preds,
+    report,
+    trial,
+)
 
 
 def _two_configs(acc_a_right, acc_b_right, offset_b=0, conf=0.8, **kw_b):
@@ -393,12 +401,13 @@ def test_repeat_order_tie_goes_to_val_loss_not_float_rounding(tmp_path):
 def test_answer_at_exactly_half_is_the_trainers():
     # tied logits: softmax gives exactly 0.5, and the trainer's accuracy counts that as 'negative'
     # (torch.argmax picks index 0 on a tie); the report's per-example answers from the export must agree
-    import pandas as pd
-    import torch
     from types import SimpleNamespace
 
-    from tune_study.evaluation import evaluate
+    import pandas as pd
+    import torch
+
     from tune_study.report.analysis import paired_arrays
+    from tune_study.training.evaluation import evaluate
 
     class Fixed(torch.nn.Module):
         def __init__(self, logits):

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from tune_study import columns, results
-from tune_study.study import repeat_points, top_configs
+from tune_study import columns
+from tune_study.tuning import results
+from tune_study.tuning.runner import repeat_points, top_configs
 
 STUDY = {"axes": {"batch_size": [8, 32], "scheduler": ["constant"]}, "fixed": {"epochs": 2, "seed": 7}}
 

@@ -7,7 +7,6 @@ val-loss tie-break; ASHA (which never stops a tie) would give the same study her
 arrival-order test with ASHA as negative control is test_early_stopping's simulation."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +14,7 @@ import pytest
 import yaml
 
 from tune_study import grid
-from tune_study.checkpoints import best_model_epoch
+from tune_study.training.checkpoints import best_model_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "search_spaces" / "smoke.yaml"
@@ -27,15 +26,8 @@ TIMING = {"trial_id", "trial_path", "node_id", "best_model_path", "samples_per_s
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
+def ray_cluster(local_ray):
+    yield
 
 
 def run_smoke(out: Path, space: Path = SMOKE) -> Path:
@@ -44,8 +36,10 @@ def run_smoke(out: Path, space: Path = SMOKE) -> Path:
 
 
 @pytest.fixture(scope="module")
-def two_runs(ray_cluster, tmp_path_factory):
-    return [run_smoke(tmp_path_factory.mktemp(f"run{i}")) for i in range(2)]
+def two_runs(ray_cluster, smoke_study, tmp_path_factory):
+    """The shared smoke study (its report aside) and the same command run again."""
+    assert smoke_study[0] == 0
+    return [smoke_study[1], run_smoke(tmp_path_factory.mktemp("run1"))]
 
 
 def study_tables(study_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -18,12 +18,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from driver_procs import kill_tree
+
 from tune_study import search
 from tune_study.errors import StudyError
-from tune_study.search import (load_search_space, make_searcher, points_from_grid, search_param_space,
-                               to_domain)
+from tune_study.search import (
+    load_search_space,
+    make_searcher,
+    points_from_grid,
+    search_param_space,
+    to_domain,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "search_spaces" / "followup_smoke.yaml"
@@ -76,9 +81,9 @@ def test_shipped_search_spaces(hub_models_available):
 
 
 def test_distributions_become_tune_domains():
+    import optuna.distributions as od
     from ray.tune.search.optuna import OptunaSearch
     from ray.tune.search.sample import Categorical, Float, Integer
-    import optuna.distributions as od
 
     lr = to_domain({"loguniform": [1e-5, 1e-4]})
     assert isinstance(lr, Float) and (lr.lower, lr.upper) == (1e-5, 1e-4)
@@ -116,8 +121,8 @@ def test_sampler_is_seeded():
 def test_searcher_and_early_stopping_each_have_their_own_metric():
     """TPE maximises a trial's best val acc, early stopping each epoch's val acc; the Tuner names
     no metric, so Tune hands neither a metric that would replace its own."""
-    from tune_study.early_stopping import make_scheduler
     from tune_study.search import SEARCH_METRIC
+    from tune_study.tuning.early_stopping import make_scheduler
 
     study = load_search_space(SMOKE)
     searcher, asha = make_searcher(study), make_scheduler({"early_stopping": {"grace_period": 1, "reduction_factor": 2}}, 3)
@@ -272,16 +277,8 @@ def test_from_grid_bad_path_exits_2_before_any_write(tmp_path, capsys):
 # ----------------------------------------------------------------------------- with Ray
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    # "local": a private instance, never one that another process on this machine `ray start`-ed
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
+def ray_cluster(local_ray):
+    yield
 
 
 def test_resume_after_kill(ray_cluster, tmp_path, capsys):

@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from driver_procs import kill_tree, ray_procs
+
 from tune_study import grid
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,21 +9,24 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
 
 from tune_study import grid
-from tune_study import checkpoints as ck
 from tune_study.config import load_space
-from tune_study.driver_lock import LOCK_FILE, DriverLock
 from tune_study.errors import StudyError
 from tune_study.files import write_atomically
-from tune_study.study_folder import RECORD, changed_keys, restorable, write_study_as_run
-from tune_study.checkpoints import PRUNED_MARKER
-from tune_study.trial_files import estimate_disk, is_out_of_space, settle_finished_trial
+from tune_study.training import checkpoints as ck
+from tune_study.training.checkpoints import PRUNED_MARKER
+from tune_study.tuning.driver_lock import LOCK_FILE, DriverLock
+from tune_study.tuning.study_folder import changed_keys, restorable, write_study_as_run
+from tune_study.tuning.trial_files import (
+    estimate_disk,
+    is_out_of_space,
+    settle_finished_trial,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "search_spaces" / "smoke.yaml"
@@ -46,7 +49,7 @@ def _started_study(tmp_path: Path, text: str | None = None) -> tuple[Path, Path]
 
 def _hold_lock(study_dir: Path) -> subprocess.Popen:
     """Another driver: a process that holds the study's lock until it is killed."""
-    code = ("import sys, time; from tune_study.driver_lock import DriverLock; "
+    code = ("import sys, time; from tune_study.tuning.driver_lock import DriverLock; "
             "DriverLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(study_dir)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
@@ -89,7 +92,7 @@ def test_two_fresh_drivers_one_folder(tmp_path):
 def test_lock_is_not_inherited_by_child_processes(tmp_path):
     """Ray's processes are children of the driver: they must not keep a dead driver's lock."""
     study_dir = tmp_path / "s"
-    code = ("import subprocess, sys, time; from tune_study.driver_lock import DriverLock; "
+    code = ("import subprocess, sys, time; from tune_study.tuning.driver_lock import DriverLock; "
             "DriverLock(sys.argv[1]).acquire(); "
             "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
             "print(c.pid, flush=True); time.sleep(600)")
@@ -128,7 +131,7 @@ def test_resume_refuses_a_study_file_that_differs_from_the_study_as_run(tmp_path
 
 
 def test_comment_edits_are_not_drift(tmp_path):
-    from tune_study.study_folder import check_study_as_run
+    from tune_study.tuning.study_folder import check_study_as_run
 
     src, study_dir = _started_study(tmp_path)
     copy = study_dir / "space.yaml"
@@ -272,7 +275,7 @@ def test_disk_estimate_of_the_seed_study():
 
 
 def test_disk_warning_when_the_file_system_is_too_small(tmp_path, monkeypatch, capsys, caplog):
-    from tune_study import trial_files
+    from tune_study.tuning import trial_files
 
     study = load_space(SMOKE)
     monkeypatch.setattr(trial_files, "free_gb", lambda p: 0.001)

@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-import tune_study.checkpoints as checkpoints
 import tune_study.config as config
-import tune_study.memory as memory
-import tune_study.training as training
-from tune_study import bench, ray_setup
+import tune_study.training.checkpoints as checkpoints
+import tune_study.training.loop as training
+import tune_study.training.memory as memory
+from tune_study import bench
+from tune_study.tuning import ray_setup
 
 
 def _data(n=24, L=16):
@@ -28,7 +29,7 @@ def _data(n=24, L=16):
 
 def test_oom_halves_micro_batch_and_keeps_the_update(monkeypatch, tmp_path):
     monkeypatch.setenv("TUNE_STUDY_CACHE", str(tmp_path / "cache"))
-    key = memory.probe_key({"model": "tiny-bert", "max_len": 16}, torch.device("cpu"), "fp32")
+    key = memory.probe_key(config.resolve_config({"model": "tiny-bert", "max_len": 16}), torch.device("cpu"), "fp32")
     memory.record_micro_batch(key, 16)    # a probe that thought 16 fits
     memory.record_micro_batch("other|key", 8)
     cfg = {"model": "tiny-bert", "batch_size": 16, "epochs": 2, "max_len": 16, "lr": 1e-3, "seed": 1,
@@ -36,7 +37,7 @@ def test_oom_halves_micro_batch_and_keeps_the_update(monkeypatch, tmp_path):
     data = _data()
     reference = training.train({**cfg, "micro_batch_size": 4}, data=data,
                                report=lambda m, d: torch.save(checkpoints.load_state(d)["model"], tmp_path / "ref.pt"))
-    real = training.accumulate_gradients
+    real = memory.accumulate_gradients
 
     def tight_memory(model, micro_batches, autocast=None, noise=None):
         if max(len(mb["labels"]) for mb in micro_batches) > 4:
@@ -46,7 +47,7 @@ def test_oom_halves_micro_batch_and_keeps_the_update(monkeypatch, tmp_path):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(model, micro_batches, autocast, noise)
 
-    monkeypatch.setattr(training, "accumulate_gradients", tight_memory)
+    monkeypatch.setattr(memory, "accumulate_gradients", tight_memory)
     halved = training.train({**cfg, "micro_batch_size": 16}, data=data,
                             report=lambda m, d: torch.save(checkpoints.load_state(d)["model"], tmp_path / "oom.pt"))
     assert halved[-1]["micro_batch_size"] == 4 and halved[-1]["oom_halvings"] == 2
@@ -89,8 +90,8 @@ def test_probe_runs_in_train_mode_and_caches_what_fits(monkeypatch, tmp_path):
     assert memory.probe_micro_batch(c, torch.device("cpu"), "fp32") == 4   # 64, 32, 16, 8 fail
     assert seen_modes and all(seen_modes), seen_modes
     assert memory.cached_micro_batches() == {memory.probe_key(c, torch.device("cpu"), "fp32"): 4}
-    assert memory.probe_micro_batch({**c, "batch_size": 128}, torch.device("cpu"), "fp32") == 4  # cached
-    assert memory.probe_micro_batch({**c, "batch_size": 2}, torch.device("cpu"), "fp32") == 2
+    assert memory.probe_micro_batch(c.model_copy(update={"batch_size": 128}), torch.device("cpu"), "fp32") == 4  # cached
+    assert memory.probe_micro_batch(c.model_copy(update={"batch_size": 2}), torch.device("cpu"), "fp32") == 2
     assert loads == ["tiny-bert"]
 
 

@@ -1,4 +1,4 @@
-"""tune_study.tracking's pieces and the study key ``tracking`` (the end-to-end run is in test_callbacks)."""
+"""tune_study.tuning.tracking's pieces and the study key ``tracking`` (the end-to-end run is in test_callbacks)."""
 from __future__ import annotations
 
 import importlib.util
@@ -11,7 +11,12 @@ from tune_study.config import load_space
 from tune_study.errors import StudyError
 
 pytest.importorskip("mlflow")
-from tune_study.tracking import evaluations, metric_point, result_metrics, tracking_uri  # noqa: E402
+from tune_study.tuning.tracking import (  # noqa: E402
+    evaluations,
+    metric_point,
+    result_metrics,
+    tracking_uri,
+)
 
 BASE = "axes: {model: [tiny-bert], batch_size: [8]}\n"
 
@@ -75,7 +80,7 @@ def test_tracking_without_mlflow_installed_is_refused(tmp_path, monkeypatch):
 TELEMETRY = """
 import os, sys
 if sys.argv[1] == "ours":
-    import tune_study.tracking
+    import tune_study.tuning.tracking
 from mlflow.telemetry.utils import is_telemetry_disabled
 print(os.environ.get("MLFLOW_DISABLE_TELEMETRY"), is_telemetry_disabled())
 """

@@ -1,4 +1,4 @@
-"""tune_study.models and tune_study.training: registry, exact gradient accumulation, step/LR accounting,
+"""tune_study.models and tune_study.training.loop: registry, exact gradient accumulation, step/LR accounting,
 checkpoint resume, best-val selection, the saved best model, config validation, and a real learning run."""
 from __future__ import annotations
 
@@ -13,15 +13,26 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import tune_study.checkpoints as checkpoints
-import tune_study.training as training
-from tune_study.errors import StudyError
-from tune_study.metrics import calibration
-from tune_study.models import KNOWN, count_parameters, load_model, load_tokenizer, minilm_path, resolve, tokenizer_id
-from tune_study.checkpoints import CHECKPOINT_FILE, load_state, save_state
+import tune_study.training.checkpoints as checkpoints
+import tune_study.training.loop as training
+import tune_study.training.memory as memory
 from tune_study.columns import GNS_COLUMNS
 from tune_study.config import resolve_config
-from tune_study.training import accumulate_gradients, evaluate, train
+from tune_study.errors import StudyError
+from tune_study.metrics import calibration
+from tune_study.models import (
+    KNOWN,
+    count_parameters,
+    load_model,
+    load_tokenizer,
+    minilm_path,
+    resolve,
+    tokenizer_id,
+)
+from tune_study.training.checkpoints import CHECKPOINT_FILE, load_state, save_state
+from tune_study.training.evaluation import evaluate
+from tune_study.training.loop import train
+from tune_study.training.step import accumulate_gradients
 
 TIMING_KEYS = {"samples_per_s", "epoch_train_s", "eval_s", "train_time_s"}
 
@@ -241,7 +252,7 @@ def test_evaluate_matches_plain_forward():
 def test_optimizer_steps_windows_and_lr_per_step(monkeypatch):
     """N=37, B=8, m=3: ceil(37/8)=5 steps an epoch, windows 8,8,8,8,5 as micro-batches 3+3+2 / 3+2."""
     data = synth_data(37)
-    real_accumulate = training.accumulate_gradients
+    real_accumulate = memory.accumulate_gradients
     windows = []
 
     def spy(model, micro, autocast=None, noise=None):
@@ -255,7 +266,7 @@ def test_optimizer_steps_windows_and_lr_per_step(monkeypatch):
             super().__init__(*a, **k)
             self.register_step_pre_hook(lambda opt, args, kwargs: step_lrs.append(opt.param_groups[0]["lr"]))
 
-    monkeypatch.setattr(training, "accumulate_gradients", spy)
+    monkeypatch.setattr(memory, "accumulate_gradients", spy)
     monkeypatch.setattr(torch.optim, "AdamW", CountingAdamW)
     history = train(tiny_cfg(epochs=3, scheduler="linear", lr=1e-3), data=data)
 
@@ -542,10 +553,10 @@ def test_resolve_config_unknown_key_model_and_data():
 
 def test_resolve_config_defaults():
     c = resolve_config({"model": "tiny-bert", "micro_batch_size": "auto", "batch_size": 32})
-    assert c["micro_batch_size"] == "auto" and c["batch_size"] == 32 and c["lr"] == 5e-5
-    assert c["evals_per_epoch"] == 1
-    assert c["data"]["source"] == "bundled" and c["data"]["split_seed"] == 0
-    assert resolve_config({"batch_size": 8, "micro_batch_size": 8})["micro_batch_size"] == 8
+    assert c.micro_batch_size == "auto" and c.batch_size == 32 and c.lr == 5e-5
+    assert c.evals_per_epoch == 1
+    assert c.data.source == "bundled" and c.data.split_seed == 0
+    assert resolve_config({"batch_size": 8, "micro_batch_size": 8}).micro_batch_size == 8
 
 
 # ----------------------------------------------------------------------------- real learning
@@ -560,12 +571,13 @@ def _cpu_has_bf16() -> bool:
 
 @pytest.mark.slow
 def test_minilm_learns_imdb_sentiment():
-    """The bundled pretrained all-MiniLM-L6-v2, fine-tuned offline on 800 bundled IMDB reviews
-    (max_examples 1000 -> 800 / 100 / 100), ends far above chance on the held-out 100."""
-    cfg = dict(model="minilm", batch_size=16, micro_batch_size=16, lr=1e-4, epochs=2, max_len=128,
+    """The bundled pretrained all-MiniLM-L6-v2, fine-tuned offline on 400 bundled IMDB reviews
+    (max_examples 500 -> 400 / 50 / 50) at max_len 64 with head_tail truncation (the default study's
+    settings), ends far above chance on the held-out 50."""
+    cfg = dict(model="minilm", batch_size=16, micro_batch_size=16, lr=1e-4, epochs=2, max_len=64,
                scheduler="linear", seed=0, device="cpu", eval_batch_size=100,
                precision="bf16" if _cpu_has_bf16() else "fp32",
-               data={"source": "bundled", "max_examples": 1000, "split_seed": 0})
+               data={"source": "bundled", "max_examples": 500, "split_seed": 0, "truncation": "head_tail"})
     t0 = time.perf_counter()
     history = train(cfg)  # the full path: bundled reviews -> split -> tokenizer -> cache -> train
     elapsed = time.perf_counter() - t0
@@ -574,10 +586,12 @@ def test_minilm_learns_imdb_sentiment():
           f"test_acc {last['test_acc']:.3f} (best epoch {last['best_epoch']}), "
           f"train_loss {[round(h['train_loss'], 3) for h in history]}, "
           f"{[round(h['samples_per_s'], 1) for h in history]} samples/s, {elapsed:.1f} s in all")
-    assert last["n_train"] == 800 and last["optimizer_steps"] == 100
+    assert last["n_train"] == 400 and last["optimizer_steps"] == 50
     assert history[-1]["train_loss"] < history[0]["train_loss"] < math.log(2) + 0.05
+    # measured on the 2-core Xeon, bf16, seeds 0 / 1 / 2: best val 0.76 / 0.78 / 0.76, test 0.86 /
+    # 0.88 / 0.78 (50 test reviews: chance is 0.5, and 0.65 is 2 standard errors above it)
     assert last["best_val_acc"] >= 0.70
-    assert last["test_acc"] >= 0.65  # measured 0.74 / 0.77 / 0.79 for seeds 0 / 1 / 2 (100 test reviews)
+    assert last["test_acc"] >= 0.65
     assert 0 <= last["test_ece"] < 0.3
 
 
@@ -586,9 +600,15 @@ def test_host_side_mask_gives_the_same_logits(family):
     """train() hands BERT / RoBERTa under SDPA either no mask (rows without padding) or a 4-D boolean
     mask, decided on the host, so transformers never syncs to ask the GPU about padding. It must
     change nothing: same logits as the plain 2-D mask, in float64."""
-    from transformers import AutoModelForSequenceClassification, BertConfig, RobertaConfig
+    from transformers import (
+        AutoModelForSequenceClassification,
+        BertConfig,
+        RobertaConfig,
+    )
 
-    from tune_study.evaluation import batch as _batch, on_device as _on_device, sdpa_bert as _sdpa_bert
+    from tune_study.training.evaluation import batch as _batch
+    from tune_study.training.evaluation import on_device as _on_device
+    from tune_study.training.evaluation import sdpa_bert as _sdpa_bert
 
     kw = dict(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
               num_labels=2)
@@ -639,7 +659,7 @@ def test_eval_points(steps, k, expected):
 def _run_with_states(cfg, data, monkeypatch=None):
     """train(), keeping each epoch's model weights; with the per-window losses and sizes."""
     states, windows = {}, []
-    real = training.accumulate_gradients
+    real = memory.accumulate_gradients
 
     def spy(model, micro, autocast=None, noise=None):
         loss = real(model, micro, autocast, noise)
@@ -647,7 +667,7 @@ def _run_with_states(cfg, data, monkeypatch=None):
         return loss
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(training, "accumulate_gradients", spy)
+        mp.setattr(memory, "accumulate_gradients", spy)
         history = train(cfg, data=data, report=lambda m, d: states.__setitem__(m["epoch"], load_state(d)["model"]))
     return history, states, windows
 

@@ -172,18 +172,18 @@ def stage_dashboard(out: Path) -> None:
 
     import ray
 
-    from tune_study.ray_setup import init_ray, print_dashboard
+    from tune_study.tuning.ray_setup import init_ray, print_dashboard
 
     buf, warned = io.StringIO(), []
     keep = logging.Handler()
     keep.emit = lambda record: warned.append(record.getMessage())   # ray_setup's warnings, as logged
-    logging.getLogger("tune_study.ray_setup").addHandler(keep)
+    logging.getLogger("tune_study.tuning.ray_setup").addHandler(keep)
     try:
         with redirect_stdout(buf):
             ctx = init_ray(None, "127.0.0.1", 8265, None)
             print_dashboard(ctx)
     finally:
-        logging.getLogger("tune_study.ray_setup").removeHandler(keep)
+        logging.getLogger("tune_study.tuning.ray_setup").removeHandler(keep)
     text = buf.getvalue()
     print(text, *(f"WARNING: {w}" for w in warned), sep="\n")
     res = {"ray_up": ray.is_initialized(), "dashboard_url": getattr(ctx, "dashboard_url", None) or None,
@@ -206,8 +206,8 @@ def mask_path_check(model_name: str, device) -> dict:
 
     from tune_study.bench import synthetic
     from tune_study.models import load_model
-    from tune_study.step import autocast_for
-    from tune_study.training import evaluate
+    from tune_study.training.device import autocast_for
+    from tune_study.training.evaluation import evaluate
 
     model = load_model(model_name).to(device).eval()
     cfg = model.config  # the path applies to BERT / RoBERTa under SDPA
@@ -239,9 +239,9 @@ def stage_cuda_paths(out: Path, model: str) -> None:
     import torch
 
     from tune_study.bench import synthetic
-    from tune_study.memory import auto_micro_batch, cap_gpu_memory
     from tune_study.config import resolve_config
-    from tune_study.training import train
+    from tune_study.training.loop import train
+    from tune_study.training.memory import auto_micro_batch, cap_gpu_memory
 
     out.mkdir(parents=True, exist_ok=True)
     res = {}
@@ -466,8 +466,8 @@ DEVICE_COMMAND = ("python3 -m pip install -q --no-index --no-deps --no-compile -
 def prepare(dest: Path, wheels: Path) -> None:
     """Fill ``dest`` (an ignored folder that travels to the GPU host) with the wheels it lacks and
     the shortened grid's tokenized data: that host has neither the bundled reviews nor a tokenizer."""
-    from tune_study.data import load_tokenized
     from tune_study.config import load_space
+    from tune_study.data import load_tokenized
 
     if not wheels.is_dir():
         raise SystemExit(f"error: no wheel folder at {wheels}")
@@ -500,7 +500,7 @@ def _salvage_grid(argv: list[str], work: Path) -> None:
         study = load_space(argv[argv.index("--space") + 1], kind="grid")
         study_dir = work / "grid" / study["name"]
         if not (study_dir / "trials.csv").exists() and (study_dir / "tune").is_dir():
-            from tune_study.results import export, load_result_grid
+            from tune_study.tuning.results import export, load_result_grid
 
             export(load_result_grid(study_dir / "tune"), study, study_dir)
             print(f"[gpu_check] exported the unfinished grid from {study_dir / 'tune'}", flush=True)

@@ -37,7 +37,7 @@ def table_row(batch: int, on: list[dict], off: list[dict] | None) -> dict:
     in one micro-batch); ``windows``: the windows measured over the whole run; ``b_simple_first``:
     B_simple of the first evaluation's interval (after ``samples_first`` examples); ``b_simple_end``:
     of the last interval; ``b_simple_last_epoch``: over all windows of the last epoch."""
-    from tune_study.noise_scale import halves
+    from tune_study.training.noise_scale import halves
 
     evals = [e for h in on for e in json.loads(h["evals"])]
     last = on[-1]
@@ -62,7 +62,7 @@ def measure(model: str, batch: int, data: dict, fixed: dict, max_steps: int = MA
     first run used (its probe's answer); the table row of the two."""
     import torch
 
-    from tune_study.training import train
+    from tune_study.training.loop import train
 
     n = min(len(data["train"]["labels"]), max_steps * batch)
     part = first_examples(data, n)

@@ -88,7 +88,7 @@ def ours(model: str, batch: int, micro, max_len: int, steps: int, precision: str
          barrier=None, noise_scale: bool = True) -> dict:
     """``training.train`` for two epochs on synthetic tokens; epoch 2 is the timed one. With a
     ``barrier`` (concurrent trials), every process starts its timed epoch at the same moment."""
-    from .training import train
+    from .training.loop import train
 
     n = batch * timed_steps(batch, steps)
     data = {"train": synthetic(n, max_len), "val": synthetic(8, max_len, seed=1), "test": synthetic(8, max_len, seed=2)}
@@ -227,7 +227,7 @@ def concurrent(model: str, k: int, batch: int, max_len: int, steps: int, precisi
 
 def check_bf16(model: str, steps: int, max_len: int, batch: int = 32) -> dict:
     """bf16 autocast against fp32 on the same learnable data and order: per-epoch train loss gap."""
-    from .training import train
+    from .training.loop import train
 
     n = batch * 25
     data = {"train": synthetic(n, max_len, learnable=True), "val": synthetic(64, max_len, seed=1, learnable=True),

@@ -62,5 +62,17 @@ TRIAL_COLUMNS = [
 # The predictions table.
 PREDICTION_COLUMNS = ["trial_id", "row", "label", "prob_pos"]
 
+# The columns of these tables that hold text, JSON or flags; every other one holds a number (the
+# report reads them as numbers: a CSV holds "" where a value is missing).
+TEXT_COLUMNS = {"trial_id", "stage", "model", "scheduler", "status", "test_reliability", "best_model_path", "device",
+                "precision", "node_id", "error", "trial_path", "evals", "lr_scaling", "beta2_scaling"}
+FLAG_COLUMNS = {"stopped_early", "epoch_end", "replayed", "from_checkpoint"}
+
+
+def numeric(columns: list[str]) -> list[str]:
+    """The numeric ones of ``columns``."""
+    return [c for c in columns if c not in TEXT_COLUMNS and c not in FLAG_COLUMNS]
+
+
 # File names of the exports in a study folder (each also as .parquet).
 TRIALS, HISTORY, PREDICTIONS = "trials", "history", "predictions"

@@ -19,14 +19,20 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import (AfterValidator, BeforeValidator, Field, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from .errors import StudyError
 from .lr_scaling import BETA2_RULES, LR_RULES, warn_if_nothing_scaled, with_base_batch
-from .study_sections import (Axis, EarlyStopping, Repeat, Resources, Tracking, axis_values, check_axes,
-                             to_early_stopping)
+from .study_sections import Axis, EarlyStopping, Repeat, Resources, Tracking, axis_values, check_axes, to_early_stopping
 from .validation import PosInt, Seed, Strict, expect, explain, fail, known, none_is_empty, says, to_study_error
 
 SCHEDULERS = ("constant", "linear", "cosine")
@@ -311,12 +317,19 @@ def load_space(path: str | Path, kind: str = "grid") -> dict:
             "early_stopping": es.model_dump() if isinstance(es, EarlyStopping) else None}
 
 
-def resolve_config(config: dict) -> dict:
-    """One trial's config with every default filled in and every value checked (StudyError naming the key)."""
+def resolve_config(config: dict) -> TrainConfig:
+    """One trial's config, validated, with every default filled in (StudyError naming the key)."""
     try:
-        return TrainConfig.model_validate(config).model_dump()
+        return TrainConfig.model_validate(config)
     except ValidationError as e:
         raise to_study_error(e, TrainConfig) from None
+
+
+def trial_config(config: dict) -> TrainConfig:
+    """A config Tune handed a trial (a study's fixed settings and one point of its axes, all validated
+    when the study was loaded), as a ``TrainConfig`` whose unnamed keys read as the model's defaults.
+    Not validated again: it is read on the driver, where a hub model need not be cached."""
+    return TrainConfig.model_construct(**config)
 
 
 def data_config(data: dict | None) -> dict:

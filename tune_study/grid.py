@@ -6,18 +6,19 @@ checkpoint, ``--resume`` through ``Tuner.restore``. Output: <results-dir>/<study
 experiment (tune/), trials.csv/.parquet, history.csv/.parquet (predictions.csv/.parquet when the
 trials stored test predictions) and the report. With ``repeat: {top: K, seeds: [...]}`` the K best
 configs by val accuracy then run again over those seeds without early stopping (experiment repeat/;
-``stage`` "repeat" in the tables). The runner itself is ``tune_study.study``.
+``stage`` "repeat" in the tables). The runner itself is ``tune_study.tuning.runner``.
 """
 from __future__ import annotations
 
 import sys
 import warnings
 
-from .errors import EXIT_BAD_INPUT, StudyError
 from .config import load_space
-from .study import options_from_args, representative_configs, run_study, study_parser, tokenize_for_study
-from .study_folder import open_study_folder
+from .errors import EXIT_BAD_INPUT, StudyError
 from .log import show_warnings
+from .report import build_report
+from .tuning.runner import options_from_args, representative_configs, run_study, study_parser, tokenize_for_study
+from .tuning.study_folder import open_study_folder
 
 
 def parser():
@@ -45,7 +46,8 @@ def main(argv=None) -> int:
         return EXIT_BAD_INPUT
     warnings.filterwarnings("ignore", category=FutureWarning)
     try:
-        return run_study(study, options_from_args(args), grid_param_space(study), kind="grid", datasets=datasets)
+        return run_study(study, options_from_args(args), grid_param_space(study), kind="grid", datasets=datasets,
+                         build_report=build_report)
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -43,11 +43,11 @@ def scaled_beta2(beta2: float, batch_size: int, base_batch: int | None, rule: st
     return beta2 ** (batch_size / base_batch)
 
 
-def adamw_settings(c: dict) -> tuple[float, tuple[float, float]]:
-    """(peak lr, betas) for a resolved training config."""
-    B, base = c["batch_size"], c["lr_base_batch"]
+def adamw_settings(c) -> tuple[float, tuple[float, float]]:
+    """(peak lr, betas) for a validated ``TrainConfig``."""
+    B, base = c.batch_size, c.lr_base_batch
     beta1, beta2 = ADAM_BETAS
-    return scaled_lr(c["lr"], B, base, c["lr_scaling"]), (beta1, scaled_beta2(beta2, B, base, c["beta2_scaling"]))
+    return scaled_lr(c.lr, B, base, c.lr_scaling), (beta1, scaled_beta2(beta2, B, base, c.beta2_scaling))
 
 
 def _values(key: str, axes: dict, fixed: dict, default) -> list:

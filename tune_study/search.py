@@ -26,12 +26,13 @@ import sys
 import warnings
 from pathlib import Path
 
+from .config import TRAIN_DEFAULTS, load_space, read_yaml, trial_config
 from .errors import EXIT_BAD_INPUT, StudyError
-from .study import options_from_args, representative_configs, run_study, study_parser, tokenize_for_study
-from .study_folder import open_study_folder
-from .study_sections import discrete_values
-from .config import TRAIN_DEFAULTS, load_space, read_yaml
 from .log import show_warnings
+from .report import build_report
+from .study_sections import discrete_values
+from .tuning.runner import options_from_args, representative_configs, run_study, study_parser, tokenize_for_study
+from .tuning.study_folder import open_study_folder
 
 SEARCH_METRIC = "best_val_acc"   # what TPE maximises: a trial's best val acc over its epochs
 SELECT_BY = ("best_val_acc", "test_acc")  # --from-grid: best trial per model by the first one present
@@ -154,6 +155,8 @@ def points_from_grid(path, study: dict, log=print) -> list[dict]:
     passed over with a note, and the model's best trial that fits is used instead; a model with no
     fitting trial gives no point. Best-first order; duplicates removed.
     """
+    import pandas as pd
+
     df, f, grid_dir = _grid_trials(path)
     if "model" not in df.columns:
         raise StudyError(f"--from-grid: {f} has no 'model' column (not a study's trials table)")
@@ -177,7 +180,7 @@ def points_from_grid(path, study: dict, log=print) -> list[dict]:
     def to_point(row):
         point = {}
         for key, spec in study["axes"].items():
-            if key in row.index and not _isnan(row[key]):
+            if key in row.index and not pd.isna(row[key]):
                 value = _plain(row[key])
             elif key in fixed:
                 value = fixed[key]
@@ -199,8 +202,8 @@ def points_from_grid(path, study: dict, log=print) -> list[dict]:
             except ValueError as e:
                 log(f"--from-grid: note: model {model!r} is {e} in this search space; its trials are not used")
                 continue
-        elif model != study["fixed"].get("model", TRAIN_DEFAULTS["model"]):
-            log(f"--from-grid: note: this search trains only {study['fixed'].get('model', TRAIN_DEFAULTS['model'])!r}; "
+        elif model != trial_config(study["fixed"]).model:
+            log(f"--from-grid: note: this search trains only {trial_config(study['fixed']).model!r}; "
                 f"the {model!r} trials are not used")
             continue
         for rank, (_, row) in enumerate(trials.iterrows()):
@@ -230,13 +233,6 @@ def points_from_grid(path, study: dict, log=print) -> list[dict]:
     return points
 
 
-def _isnan(v) -> bool:
-    try:
-        return v is None or (isinstance(v, float) and math.isnan(v)) or bool(v != v)
-    except (TypeError, ValueError):
-        return False
-
-
 # ----------------------------------------------------------------------------- CLI
 
 def main(argv=None) -> int:
@@ -263,7 +259,7 @@ def main(argv=None) -> int:
     try:
         return run_study(study, options_from_args(args), search_param_space(study),
                          search_alg=make_searcher(study, points), num_samples=study["num_samples"],
-                         kind="search", datasets=datasets)
+                         kind="search", datasets=datasets, build_report=build_report)
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

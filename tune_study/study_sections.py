@@ -108,7 +108,7 @@ check_axes.what = "a non-empty mapping of axis -> values"
 
 
 class EarlyStopping(Strict):
-    """ASHA on val_acc, its decisions taken in trial order (tune_study/early_stopping.py): rungs at
+    """ASHA on val_acc, its decisions taken in trial order (tune_study/tuning/early_stopping.py): rungs at
     epochs grace_period * reduction_factor**k."""
     grace_period: Annotated[int, Field(ge=1), expect("an integer >= 1")] = Field(
         1, description="epochs every trial runs before the first cut")

@@ -95,7 +95,7 @@ def main(argv=None) -> int:
         if "micro_batch_size" not in config and "batch_size" in config:
             config["micro_batch_size"] = "auto"
         from .config import resolve_config
-        from .training import train
+        from .training.loop import train
 
         resolve_config(config)
         out = Path(args.out) if args.out else None

@@ -143,17 +143,23 @@ def load_study(path) -> StudyResults:
                  unusable)
 
 
+def _as_numbers(df: pd.DataFrame, columns: list[str]) -> None:
+    """The numeric ``columns`` of ``df`` as numbers, in place; one it lacks reads as NaN, except the
+    noise scale's, which exist only where it was measured (the report tells the two apart)."""
+    for c in columns:
+        if c in df.columns:
+            df[c] = pd.to_numeric(df[c], errors="coerce")
+        elif not c.startswith("gns_"):
+            df[c] = float("nan")
+
+
 def _prepare_trials(t: pd.DataFrame, space: dict) -> pd.DataFrame:
     t = t.copy()
     fixed = space.get("fixed") or {}
     for k in MAIN_AXES:  # a main axis the study fixed is a column only when it is an axis
         if k not in t.columns:
             t[k] = fixed.get(k)
-    numeric = ["batch_size", "epochs_run", "epochs_planned", "optimizer_steps", "samples_seen", "best_epoch",
-               "best_val_acc", "best_val_loss", "test_acc", "test_loss", "test_nll", "test_ece", "test_confidence",
-               "n_test", "n_val", "val_majority_rate", "evals_per_epoch", "seed"]
-    for c in numeric:
-        t[c] = pd.to_numeric(t[c], errors="coerce") if c in t.columns else float("nan")
+    _as_numbers(t, ["batch_size", "seed", *C.numeric(C.TRIAL_COLUMNS)])
     if "stopped_early" not in t.columns:
         t["stopped_early"] = False
     t["stopped_early"] = t["stopped_early"].astype("boolean").fillna(False).astype(bool)
@@ -168,8 +174,7 @@ def _prepare_history(h: pd.DataFrame, trials: pd.DataFrame, src: Path) -> pd.Dat
     if "epoch_end" not in h.columns:  # an empty history (no trial reported) is written without it
         h["epoch_end"] = pd.Series(dtype=bool)
     h["epoch_end"] = h["epoch_end"].astype("boolean").fillna(False).astype(bool)
-    for c in ("epoch", "optimizer_steps", "samples_seen", "train_loss", "val_loss", "val_acc"):
-        h[c] = pd.to_numeric(h[c], errors="coerce") if c in h.columns else float("nan")
+    _as_numbers(h, C.numeric(C.EVAL_COLUMNS))
     # the axes come from trials (the one place a trial's config is recorded)
     axes = [c for c in trials.columns if c in (*MAIN_AXES, "seed", "stage")]
     h = h.drop(columns=[c for c in axes if c in h.columns])
@@ -206,7 +211,7 @@ def usable_predictions(p: pd.DataFrame, trials: pd.DataFrame, src: str, notices:
     test rows (and labels) the other trials have. Appends one notice per thing left out; None when
     nothing is left."""
     p = p.copy()
-    for c in ("row", "label", "prob_pos"):
+    for c in C.numeric(C.PREDICTION_COLUMNS):
         p[c] = pd.to_numeric(p[c], errors="coerce")
     if not len(p):
         notices.append(f"{src} holds no rows: paired tests not run.")

@@ -5,12 +5,15 @@ Shared by the training loop (its micro-batches and its val / test evaluations) a
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import torch
 import torch.nn.functional as F
 
-from . import memory
-from .metrics import says_positive
+from ..metrics import says_positive
+from .device import OOM, free_cache
+
+log = logging.getLogger(__name__)
 
 
 def sdpa_bert(model) -> bool:
@@ -70,12 +73,12 @@ def evaluate(model, split: dict, batch_size: int = 64, autocast=None) -> dict:
         while True:
             try:
                 return {**_evaluate(model, split, batch_size, autocast), "batch_size": batch_size}
-            except memory.OOM:
+            except OOM:
                 if batch_size == 1:
                     raise
-            memory.free_cache(split["labels"].device)  # out of the except block: the attempt's tensors are gone
+            free_cache(split["labels"].device)  # out of the except block: the attempt's tensors are gone
             batch_size //= 2
-            print(f"CUDA out of memory in evaluation: eval batch halved to {batch_size}", flush=True)
+            log.warning("CUDA out of memory in evaluation: eval batch halved to %d", batch_size)
     finally:
         model.train()
 

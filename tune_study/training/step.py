@@ -1,6 +1,5 @@
-"""The pieces of one optimizer step that more than the loop needs (the GPU memory probe runs them
-too): the autocast context of a precision, and exact gradient accumulation over a window's
-micro-batches. No Ray, no data loading: torch only."""
+"""Exact gradient accumulation over a window's micro-batches: the heart of one optimizer step,
+shared by the loop and the GPU memory probe. torch only."""
 from __future__ import annotations
 
 import contextlib
@@ -41,9 +40,3 @@ def accumulate_gradients(model, micro_batches: list[dict], autocast=None,
     if noise is not None:
         noise.end_window()
     return total / n_total
-
-
-def autocast_for(device: torch.device, precision: str):
-    if precision != "bf16":
-        return None
-    return torch.autocast(device.type, dtype=torch.bfloat16)

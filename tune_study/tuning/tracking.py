@@ -32,7 +32,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # the driver: it is none of the Train / AIR session APIs that raise inside a Ray 2.60 trainable.
 from ray.tune.logger.mlflow import MLflowLoggerCallback  # noqa: E402
 
-from .columns import EPOCH_COLUMNS, EVAL_COLUMNS  # noqa: E402
+from ..columns import EPOCH_COLUMNS, EVAL_COLUMNS  # noqa: E402
 
 # What a point logs: the evaluation's numbers and, at an epoch's end, the epoch's (epoch_end is a flag).
 METRICS = tuple(dict.fromkeys(c for c in (*EVAL_COLUMNS, *EPOCH_COLUMNS, "time_total_s") if c != "epoch_end"))

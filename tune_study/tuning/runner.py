@@ -20,13 +20,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import StudyError
+from ..config import epochs_of, grid_size
+from ..errors import StudyError
+from ..study_sections import discrete_values
 from .ray_setup import init_ray, keep_alive, print_dashboard, resources_for
 from .results import EXPERIMENT, REPEAT_EXPERIMENT, console_table, export, load_result_grid
-from .config import epochs_of, grid_size
 from .study_folder import restorable, study_paths
-from .study_sections import discrete_values
-from .trial import trainable, trial_name
+from .trainable import trainable, trial_name
 from .trial_files import is_out_of_space, print_disk_estimate
 
 log = logging.getLogger(__name__)
@@ -80,8 +80,8 @@ def options_from_args(args) -> StudyOptions:
 
 def tokenize_for_study(study: dict, param_configs: list[dict]) -> dict:
     """Tokenize once per (tokenizer, max_len) on the driver; trials get it via the object store."""
-    from .data import load_tokenized
-    from .models import tokenizer_id
+    from ..data import load_tokenized
+    from ..models import tokenizer_id
 
     out = {}
     data = study["fixed"].get("data", {})
@@ -99,11 +99,11 @@ def tokenize_for_study(study: dict, param_configs: list[dict]) -> dict:
 
 def representative_configs(study: dict) -> list[dict]:
     """(model, max_len) pairs any trial can have, for tokenizing up front."""
-    from .config import TRAIN_DEFAULTS
+    from ..config import trial_config
 
     def values(key):
         v = study["axes"].get(key)
-        return [study["fixed"].get(key, TRAIN_DEFAULTS[key])] if v is None else discrete_values(v)
+        return [getattr(trial_config(study["fixed"]), key)] if v is None else discrete_values(v)
 
     models, lens = values("model"), values("max_len")
     if models is None or lens is None:
@@ -181,14 +181,15 @@ def _unfinished(trials) -> int:
 
 
 def run_study(study: dict, options, param_space: dict, search_alg=None, num_samples: int = 1,
-              kind: str = "grid", datasets: dict | None = None) -> int:
+              kind: str = "grid", datasets: dict | None = None, build_report=None) -> int:
     """Ray up, the study's Tune run (fit or restore), its repeat stage if any, exports, report.
-    ``options``: a StudyOptions (or argparse namespace with its fields). Returns the exit code:
-    0, or 1 when a trial errored or the run was interrupted."""
+    ``options``: a StudyOptions (or argparse namespace with its fields). ``build_report(study_dir,
+    headline=[])``: ``report.build_report``, which the command lines pass in (the report reads the
+    exports; tuning does not import it); None or ``options.no_report``: no report. Returns the exit
+    code: 0, or 1 when a trial errored or the run was interrupted."""
+    import ray
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    import ray
 
     from .early_stopping import make_scheduler
 
@@ -259,10 +260,8 @@ def run_study(study: dict, options, param_space: dict, search_alg=None, num_samp
         print(f"\n{kind} '{study['name']}': {len(trials)} trials in {wall:.0f} s; exports in {study_dir}")
         print(console_table(trials, list(study["axes"])))
         report_error = None
-        if not options.no_report:
+        if build_report is not None and not options.no_report:
             try:
-                from .report import build_report
-
                 headline = []
                 build_report(study_dir, headline=headline)
                 print("\n" + "\n".join(headline))   # the answer in the console, then where the rest is

@@ -17,8 +17,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..errors import StudyError
 from .driver_lock import LOCK_FILE, DriverLock
-from .errors import StudyError
 
 RECORD = "study_as_run.json"
 OWN_FILES = {LOCK_FILE}   # what an otherwise empty study folder may hold (a start that was refused)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import StudyError
-from .files import write_atomically
+from ..errors import StudyError
+from ..files import write_atomically
 
 CHECKPOINT_FILE = "state.pt"
 PREDICTIONS_FILE = "predictions.json"

@@ -17,10 +17,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import TRAIN_DEFAULTS
-from .files import write_atomically
-from .columns import (AXIS_ORDER, EVAL_COLUMNS, HISTORY, HISTORY_COLUMNS, PREDICTION_COLUMNS, PREDICTIONS, STAGES,
-                      TRIAL_COLUMNS, TRIALS)
+from ..columns import (
+    AXIS_ORDER,
+    EVAL_COLUMNS,
+    HISTORY,
+    HISTORY_COLUMNS,
+    PREDICTION_COLUMNS,
+    PREDICTIONS,
+    STAGES,
+    TRIAL_COLUMNS,
+    TRIALS,
+)
+from ..config import trial_config
+from ..files import write_atomically
 
 EXPERIMENT = "tune"   # the Ray experiment's folder name under the storage path
 REPEAT_EXPERIMENT = "repeat"   # the seed repeats of the top configs, when the study asks for them
@@ -130,7 +139,8 @@ def build_frames(result_grid, study: dict, stage: str = "grid") -> tuple[pd.Data
         axis_values = {k: cfg.get(k) for k in axes}
         # every trial has a seed: its config's (an axis, the fixed value or a repeat's), else
         # training's default, 0
-        seed = {"seed": cfg.get("seed", TRAIN_DEFAULTS["seed"])} if "seed" not in axes else {}
+        settings = trial_config(cfg)
+        seed = {"seed": settings.seed} if "seed" not in axes else {}
         df = _with_stored_epochs(result.metrics_dataframe, result.checkpoint)
         if df is not None and len(df):
             df = pd.DataFrame(evaluation_rows(df))
@@ -148,7 +158,7 @@ def build_frames(result_grid, study: dict, stage: str = "grid") -> tuple[pd.Data
         if result.error:
             status = "ERROR"
         epochs_run = int(m.get("epoch", 0) or 0)
-        planned = cfg.get("epochs", TRAIN_DEFAULTS["epochs"])   # (a trial config names what its study file did)
+        planned = settings.epochs
         row = {"trial_id": trial_id, "stage": stage, **axis_values, **seed}
         row.update({k: m.get(k) for k in TRIAL_COLUMNS})
         row.update({
@@ -157,7 +167,7 @@ def build_frames(result_grid, study: dict, stage: str = "grid") -> tuple[pd.Data
             "epochs_run": epochs_run, "epochs_planned": planned,
             "samples_per_s": (m["samples_seen"] / m["train_time_s"]) if m.get("train_time_s") else None,
             "wall_time_s": m.get("time_total_s"),
-            "evals_per_epoch": cfg.get("evals_per_epoch", TRAIN_DEFAULTS["evals_per_epoch"]),
+            "evals_per_epoch": settings.evals_per_epoch,
             "error": _error_line(result.error), "trial_path": result.path,
         })
         row.update({k: cfg.get(k) for k in CONFIG_EXTRA if k not in axes})

@@ -29,15 +29,16 @@ def trainable(config: dict, datasets: dict | None = None, experiment_dir: str | 
     import ray
     from ray import tune
 
-    from .checkpoints import PRUNED_MARKER, checkpoint_epoch, release_previous_best
-    from .memory import cap_gpu_memory
-    from .models import tokenizer_id
-    from .config import TRAIN_DEFAULTS
-    from .training import train
+    from ..config import trial_config
+    from ..models import tokenizer_id
+    from ..training.checkpoints import release_previous_best
+    from ..training.loop import train
+    from ..training.memory import cap_gpu_memory
 
     data = None
     if datasets:
-        data = datasets.get(f"{tokenizer_id(config['model'])}|{config.get('max_len', TRAIN_DEFAULTS['max_len'])}")
+        settings = trial_config(config)
+        data = datasets.get(f"{tokenizer_id(settings.model)}|{settings.max_len}")
     runtime = ray.get_runtime_context()
     node = runtime.get_node_id()  # which machine of a cluster ran this trial
     # A fractional GPU (packed small-batch trials) also means a fractional share of its memory.
@@ -63,36 +64,49 @@ def trainable(config: dict, datasets: dict | None = None, experiment_dir: str | 
     checkpoint = tune.get_checkpoint()
     with contextlib.ExitStack() as stack:
         resume = Path(stack.enter_context(checkpoint.as_directory())) if checkpoint else None
-        known = checkpoint_epoch(resume) if resume else 0
-        # A driver killed between a trial's checkpoint and Tune's next experiment snapshot restarts
-        # that trial as if it had none (or an older one); a torn copy may also be what Tune hands us.
-        # The trial folder still holds every complete checkpoint: take the newest, and replay the
-        # epochs Tune lost (their real, stored metrics) so its history and ASHA's rungs stay whole.
-        pruned = sorted(((json.loads((d / "meta.json").read_text())["epoch"], d)
-                         for d in trial_dir.glob("checkpoint_*") if (d / PRUNED_MARKER).exists()), key=lambda x: x[0])
-        if pruned:
-            # The trial had finished (its training state was pruned) when the driver died, before
-            # Tune saved that: replay what Tune lost and end it, never train it again.
-            seen = json.loads((resume / "meta.json").read_text())["epoch"] if resume else 0
-            for m in json.loads((pruned[-1][1] / "history.json").read_text())[seen:]:
-                tune.report({**m, "node_id": node, "replayed": True})
-            return
-        on_disk = sorted(((e, d) for d in trial_dir.glob("checkpoint_*") if (e := checkpoint_epoch(d))),
-                         key=lambda x: x[0])
-        if on_disk and known is not None and on_disk[-1][0] > known:  # (None: Tune's is torn -> clear error)
-            epoch, newest = on_disk[-1]
-            lost = json.loads((newest / "history.json").read_text())[known:]  # not the 100s-of-MB state
-            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tune_study_replay_")))
-            for m in lost[:-1]:
-                tune.report({**m, "node_id": node, "replayed": True})
-            shutil.copytree(newest, tmp / "ckpt")
-            tune.report({**lost[-1], "node_id": node, "replayed": True},
-                        checkpoint=tune.Checkpoint.from_directory(tmp / "ckpt"))
-            resume = newest
-        elif resume is None and any(trial_dir.glob("checkpoint_*")):
-            log.warning("%s: no complete checkpoint (torn by an interrupted write); this trial starts "
-                        "again from epoch 0", trial_dir)
-        train(config, report=report, data=data, resume_from=resume, output_dir=trial_dir, memory_cap=memory_cap)
+        resume, finished = replay_lost_epochs(trial_dir, resume, stack, extra={"node_id": node})
+        if not finished:
+            train(config, report=report, data=data, resume_from=resume, output_dir=trial_dir, memory_cap=memory_cap)
+
+
+def replay_lost_epochs(trial_dir: Path, resume: Path | None, stack: contextlib.ExitStack,
+                       extra: dict) -> tuple[Path | None, bool]:
+    """(the checkpoint the trial goes on from, whether it had finished), after reporting to Tune the
+    epochs its experiment state lost.
+
+    A driver killed between a trial's checkpoint and Tune's next experiment snapshot restarts that
+    trial as if it had none (or an older one: ``resume``, what Tune restored); a torn copy may also
+    be what Tune hands over. The trial folder still holds every complete checkpoint: take the
+    newest, and replay the epochs Tune lost (their real, stored metrics) so its history and ASHA's
+    rungs stay whole. A trial that had finished (its training state pruned) is replayed and ended,
+    never trained again. ``stack`` holds the temporary copy of the checkpoint handed to Tune."""
+    from ray import tune
+
+    from ..training.checkpoints import PRUNED_MARKER, checkpoint_epoch
+
+    known = checkpoint_epoch(resume) if resume else 0
+    pruned = sorted(((json.loads((d / "meta.json").read_text())["epoch"], d)
+                     for d in trial_dir.glob("checkpoint_*") if (d / PRUNED_MARKER).exists()), key=lambda x: x[0])
+    if pruned:
+        seen = json.loads((resume / "meta.json").read_text())["epoch"] if resume else 0
+        for m in json.loads((pruned[-1][1] / "history.json").read_text())[seen:]:
+            tune.report({**m, **extra, "replayed": True})
+        return resume, True
+    on_disk = sorted(((e, d) for d in trial_dir.glob("checkpoint_*") if (e := checkpoint_epoch(d))),
+                     key=lambda x: x[0])
+    if on_disk and known is not None and on_disk[-1][0] > known:  # (None: Tune's is torn -> clear error)
+        epoch, newest = on_disk[-1]
+        lost = json.loads((newest / "history.json").read_text())[known:]  # not the 100s-of-MB state
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tune_study_replay_")))
+        for m in lost[:-1]:
+            tune.report({**m, **extra, "replayed": True})
+        shutil.copytree(newest, tmp / "ckpt")
+        tune.report({**lost[-1], **extra, "replayed": True}, checkpoint=tune.Checkpoint.from_directory(tmp / "ckpt"))
+        return newest, False
+    if resume is None and any(trial_dir.glob("checkpoint_*")):
+        log.warning("%s: no complete checkpoint (torn by an interrupted write); this trial starts "
+                    "again from epoch 0", trial_dir)
+    return resume, False
 
 
 def trial_name(trial) -> str:

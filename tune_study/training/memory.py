@@ -8,14 +8,20 @@ there, so later trials start at the size that fits instead of paying the same OO
 from __future__ import annotations
 
 import json
-import math
+import logging
 import time
+from dataclasses import dataclass
 
 import torch
 
-from .files import write_atomically
+from ..config import TrainConfig
+from ..files import write_atomically
+from .device import OOM, autocast_for, free_cache, rng_of, set_rng_of, synchronize
+from .evaluation import batch
+from .noise_scale import NoiseScale, halves
+from .step import accumulate_gradients
 
-OOM = torch.cuda.OutOfMemoryError
+log = logging.getLogger(__name__)
 
 
 def cap_gpu_memory(fraction: float, device: torch.device | None = None) -> float | None:
@@ -32,13 +38,13 @@ def cap_gpu_memory(fraction: float, device: torch.device | None = None) -> float
 
 # ----------------------------------------------------------------------------- the probe and its cache
 
-def probe_key(c: dict, device: torch.device, precision: str, memory_cap: float | None = None) -> str:
+def probe_key(c: TrainConfig, device: torch.device, precision: str, memory_cap: float | None = None) -> str:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    return f"{c['model']}|{c['max_len']}|{precision}|{name}|cap={memory_cap or 1}"
+    return f"{c.model}|{c.max_len}|{precision}|{name}|cap={memory_cap or 1}"
 
 
 def _cache_file():
-    from .data import cache_dir
+    from ..data import cache_dir
 
     return cache_dir() / "micro_batch.json"
 
@@ -62,28 +68,27 @@ def record_micro_batch(key: str, m: int) -> None:
     write_atomically(cache, lambda tmp: tmp.write_text(json.dumps(known, indent=1)))
 
 
-def auto_micro_batch(c: dict, device: torch.device, precision: str, memory_cap: float | None = None) -> int:
+def auto_micro_batch(c: TrainConfig, device: torch.device, precision: str, memory_cap: float | None = None) -> int:
     """The micro-batch for ``micro_batch_size: auto``: on CPU memory is not the limit, 16 (measured
     best); on a GPU the probe's answer (cached)."""
     if device.type != "cuda":
-        return min(c["batch_size"], 16)
+        return min(c.batch_size, 16)
     return probe_micro_batch(c, device, precision, memory_cap)
 
 
-def probe_micro_batch(c: dict, device: torch.device, precision: str, memory_cap: float | None = None) -> int:
+def probe_micro_batch(c: TrainConfig, device: torch.device, precision: str, memory_cap: float | None = None) -> int:
     """The largest power of two <= batch_size whose real training step (forward and backward in train
     mode, so dropout's masks are counted, and a fused-AdamW step, so the optimizer's state is) fits.
     Cached per ``probe_key``."""
-    from .models import load_model
-    from .step import accumulate_gradients, autocast_for
+    from ..models import load_model
 
-    B = c["batch_size"]
+    B = c.batch_size
     key = probe_key(c, device, precision, memory_cap)
     known = cached_micro_batches()
     if key in known:
         return min(B, known[key])
     t0 = time.perf_counter()
-    model = load_model(c["model"]).to(device)
+    model = load_model(c.model).to(device)
     model.train()  # dropout on: eval mode would underestimate the activations (~2x measured)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.0, fused=True)  # lr 0: state only
     autocast = autocast_for(device, precision)
@@ -91,11 +96,11 @@ def probe_micro_batch(c: dict, device: torch.device, precision: str, memory_cap:
     m = top
     while m > 1:
         try:
-            x = torch.randint(1000, 2000, (m, c["max_len"]), device=device)
+            x = torch.randint(1000, 2000, (m, c.max_len), device=device)
             accumulate_gradients(model, [{"input_ids": x, "attention_mask": torch.ones_like(x),
                                           "labels": torch.zeros(m, dtype=torch.long, device=device)}], autocast)
             optimizer.step()
-            _synchronize(device)
+            synchronize(device)
             break
         except OOM:
             pass
@@ -105,7 +110,7 @@ def probe_micro_batch(c: dict, device: torch.device, precision: str, memory_cap:
         m //= 2
     del model, optimizer
     free_cache(device)
-    print(f"micro_batch_size auto: {m} for {c['model']} at max_len {c['max_len']}, {precision}"
+    print(f"micro_batch_size auto: {m} for {c.model} at max_len {c.max_len}, {precision}"
           f"{f', memory cap {memory_cap}' if memory_cap else ''} (probe {time.perf_counter() - t0:.1f} s)", flush=True)
     if B >= 1024 or m < top:  # only a probe that hit a limit (or the 1024 ceiling) is general
         record_micro_batch(key, m)
@@ -114,65 +119,56 @@ def probe_micro_batch(c: dict, device: torch.device, precision: str, memory_cap:
 
 # ----------------------------------------------------------------------------- running out of memory
 
-def free_cache(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+@dataclass
+class Windows:
+    """A run's accumulation windows: ``accumulate(idx, idx_cpu)`` leaves in ``.grad`` the exact
+    gradient of the window's mean loss (``step.accumulate_gradients``) and returns that loss, at the
+    largest micro-batch that fits. The GPU-only parts live here, each named:
 
+    - ``four_d_mask``: BERT / RoBERTa under SDPA get the 4-D mask host-side (``evaluation.batch``);
+    - on a CUDA OOM the micro-batch halves and the same window runs again, from the same dropout
+      RNG state (``_halve``); the smaller size goes into the probe's cache under ``cache_key``.
 
-def reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    Same window, same order, same effective batch: only the micro-batch shrinks. When measuring the
+    noise scale, a window of one micro-batch is cut in two halves (``noise_scale.halves``)."""
+    model: torch.nn.Module            # the compiled twin when compile is on
+    split: dict                       # the training split on the device
+    micro_batch_size: int
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    autocast: object = None
+    noise: NoiseScale | None = None
+    four_d_mask: bool = False
+    cache_key: str | None = None
+    halvings: int = 0                 # OOM halvings so far (this process)
 
+    def micro_batches(self, idx: torch.Tensor, idx_cpu: torch.Tensor) -> list[dict]:
+        m = halves(len(idx), self.micro_batch_size, self.noise is not None)
+        return [batch(self.split, idx[i:i + m], idx_cpu[i:i + m], self.four_d_mask) for i in range(0, len(idx), m)]
 
-def peak_memory_gib(device: torch.device) -> float:
-    # math.nan, one object: equal to itself in a compared dict (float("nan") would not be)
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else math.nan
+    def accumulate(self, idx: torch.Tensor, idx_cpu: torch.Tensor) -> torch.Tensor:
+        while True:
+            micro = self.micro_batches(idx, idx_cpu)
+            rng = rng_of(self.device)
+            try:
+                return accumulate_gradients(self.model, micro, self.autocast, self.noise)
+            except OOM:
+                if self.micro_batch_size == 1:
+                    raise
+            # Out of the except block: the failed attempt's activations are free by now.
+            del micro
+            self._halve(rng)
 
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _get_rng(device: torch.device) -> torch.Tensor:
-    # The CUDA generator's state lives on the host: no sync.
-    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
-
-
-def _set_rng(device: torch.device, state: torch.Tensor) -> None:
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(state, device)
-    else:
-        torch.set_rng_state(state)
-
-
-def accumulate_fitting(accumulate, micro_batches, m: int, optimizer, device: torch.device,
-                       cache_key: str | None = None) -> tuple[torch.Tensor, int, int]:
-    """``accumulate(micro_batches(m))`` for one window; on a CUDA OOM, halve ``m`` and run the window
-    again. Returns (loss, the micro-batch that fit, how many halvings it took).
-
-    Same window, same order, same effective batch: only the micro-batch shrinks. The dropout RNG is
-    rewound to where it was before the window, so a retry draws the same masks as an uninterrupted
-    run. The halved size is written to the probe's cache under ``cache_key``."""
-    halvings = 0
-    while True:
-        micro = micro_batches(m)
-        rng = _get_rng(device)
-        try:
-            return accumulate(micro), m, halvings
-        except OOM:
-            if m == 1:
-                raise
-        # Out of the except block: the failed attempt's activations are free by now.
-        del micro
-        optimizer.zero_grad(set_to_none=True)  # the failed attempt's partial gradients
-        free_cache(device)
-        _set_rng(device, rng)
-        m //= 2
-        halvings += 1
-        print(f"CUDA out of memory: micro_batch_size halved to {m} (the effective batch stays)", flush=True)
-        if cache_key is not None:
-            record_micro_batch(cache_key, m)
+    def _halve(self, rng: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)  # the failed attempt's partial gradients
+        free_cache(self.device)
+        set_rng_of(self.device, rng)   # the retry draws the dropout masks an uninterrupted run would
+        self.micro_batch_size //= 2
+        self.halvings += 1
+        log.warning("CUDA out of memory: micro_batch_size halved to %d (the effective batch stays)",
+                    self.micro_batch_size)
+        if self.cache_key is not None:
+            record_micro_batch(self.cache_key, self.micro_batch_size)
 
 
 def step_fitting(optimizer, device: torch.device) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
-from .checkpoints import BEST_MARKER, BEST_MODEL, BEST_STAGING, CHECKPOINT_FILE, PREVIOUS, PRUNED_MARKER
+from ..training.checkpoints import BEST_MARKER, BEST_MODEL, BEST_STAGING, CHECKPOINT_FILE, PREVIOUS, PRUNED_MARKER
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def free_gb(path) -> float | None:
 def print_disk_estimate(study: dict, n_trials: int, conc, storage: str, models: list[str]) -> None:
     """The disk the study will need (from the largest model's parameter count), and a warning when
     the file system that holds it has less free space."""
-    from .models import parameter_count
+    from ..models import parameter_count
 
     try:
         n_params = max(parameter_count(m) for m in models)

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import StudyError
+from ..errors import StudyError
 
 LOCK_FILE = "driver.lock"
 

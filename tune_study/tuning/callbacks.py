@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from .config import epochs_of
+from ..config import epochs_of
 from .progress import StudyProgress
 from .trial_files import settle_finished_trial
 

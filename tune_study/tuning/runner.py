@@ -158,7 +158,11 @@ def _tuner(study, trainable_, exp_path, storage, name, param_space, *, search_al
         # would be handed to both)
         tune_config=tune.TuneConfig(scheduler=scheduler, search_alg=search_alg,
                                     num_samples=num_samples, max_concurrent_trials=conc,
-                                    trial_name_creator=trial_name, trial_dirname_creator=trial_name),
+                                    trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+                                    # a finished trial's worker runs the next one (same resources): the
+                                    # seconds of importing torch and transformers are paid once per
+                                    # worker, not per trial; train() seeds everything it draws from
+                                    reuse_actors=True),
         run_config=RunConfig(
             name=name, storage_path=storage, progress_reporter=reporter, verbose=1,
             checkpoint_config=CheckpointConfig(num_to_keep=study["checkpoints_to_keep"]),

@@ -6,14 +6,7 @@ import pytest
 import torch
 
 import tune_study.data as data_mod
-from tune_study.data import (
-    clean_text,
-    data_config,
-    load_reviews,
-    load_tokenized,
-    split_reviews,
-    tokenize_splits,
-)
+from tune_study.data import clean_text, data_config, load_reviews, load_tokenized, split_reviews, tokenize_splits
 from tune_study.errors import StudyError
 
 # ----------------------------------------------------------------------------- helpers

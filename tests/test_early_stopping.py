@@ -12,12 +12,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from tune_study.config import load_space
-from tune_study.tuning.early_stopping import (
-    InOrderASHA,
-    make_scheduler,
-    rung_epochs,
-    survives,
-)
+from tune_study.tuning.early_stopping import InOrderASHA, make_scheduler, rung_epochs, survives
 
 # val (acc, loss) at epoch 1 of the 8 trials of a default study run, in trial order
 DEFAULT_EPOCH1 = [(0.68, 0.5898), (0.78, 0.5915), (0.68, 0.6806), (0.61, 0.6891),

@@ -16,13 +16,7 @@ import tune_study.training.loop as training
 from tune_study.config import load_space, resolve_config
 from tune_study.errors import StudyError
 from tune_study.grid import grid_param_space
-from tune_study.lr_scaling import (
-    ADAM_BETAS,
-    adamw_settings,
-    scaled_beta2,
-    scaled_lr,
-    with_base_batch,
-)
+from tune_study.lr_scaling import ADAM_BETAS, adamw_settings, scaled_beta2, scaled_lr, with_base_batch
 from tune_study.search import search_param_space
 from tune_study.training.checkpoints import load_state
 from tune_study.tuning import results

@@ -18,13 +18,7 @@ import tune_study.models as models
 import tune_study.training.loop as training
 import tune_study.training.memory as memory
 from tune_study.training.loop import train
-from tune_study.training.noise_scale import (
-    NoiseScale,
-    b_simple,
-    halves,
-    interval_row,
-    window_estimate,
-)
+from tune_study.training.noise_scale import NoiseScale, b_simple, halves, interval_row, window_estimate
 from tune_study.training.step import accumulate_gradients
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -5,13 +5,7 @@ import re
 
 import pytest
 
-from tune_study.tuning.progress import (
-    TrialState,
-    clock,
-    estimate,
-    interval_s,
-    progress_line,
-)
+from tune_study.tuning.progress import TrialState, clock, estimate, interval_s, progress_line
 
 N = 240   # training examples per epoch
 

@@ -13,16 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from report_synth import (
-    N_TEST,
-    correct_mask,
-    curve,
-    flat_history,
-    line,
-    preds,
-    trial,
-    write_study,
-)
+from report_synth import N_TEST, correct_mask, curve, flat_history, line, preds, trial, write_study
 
 from tune_study.report import build_report, load_study, main
 

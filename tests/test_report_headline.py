@@ -2,15 +2,7 @@
 line flips with the data (best config, batch-size ordering, the noise scale's check)."""
 from __future__ import annotations
 
-from report_synth import (
-    N_TEST,
-    correct_mask,
-    curve,
-    preds,
-    trial,
-    with_noise,
-    write_study,
-)
+from report_synth import N_TEST, correct_mask, curve, preds, trial, with_noise, write_study
 
 from tune_study.report import build_report
 

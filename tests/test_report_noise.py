@@ -7,18 +7,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from report_synth import (
-    N_TEST,
-    correct_mask,
-    curve,
-    flat_history,
-    line,
-    preds,
-    report,
-    trial,
-    with_noise,
-    write_study,
-)
+from report_synth import N_TEST, correct_mask, curve, flat_history, line, preds, report, trial, with_noise, write_study
 
 from tune_study.report import build_report, load_study
 from tune_study.report import lr_gap as G

@@ -5,16 +5,7 @@ accuracy breaking val ties, fixed sentences in (a), (b) and the ASHA note."""
 from __future__ import annotations
 
 import numpy as np
-from report_synth import (
-    N_TEST,
-    correct_mask,
-    curve,
-    flat_history,
-    line,
-    preds,
-    report,
-    trial,
-)
+from report_synth import N_TEST, correct_mask, curve, flat_history, line, preds, report, trial
 
 
 def _two_configs(acc_a_right, acc_b_right, offset_b=0, conf=0.8, **kw_b):

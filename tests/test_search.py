@@ -22,13 +22,7 @@ from driver_procs import kill_tree
 
 from tune_study import search
 from tune_study.errors import StudyError
-from tune_study.search import (
-    load_search_space,
-    make_searcher,
-    points_from_grid,
-    search_param_space,
-    to_domain,
-)
+from tune_study.search import load_search_space, make_searcher, points_from_grid, search_param_space, to_domain
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "search_spaces" / "followup_smoke.yaml"

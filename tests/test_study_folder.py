@@ -22,11 +22,7 @@ from tune_study.training import checkpoints as ck
 from tune_study.training.checkpoints import PRUNED_MARKER
 from tune_study.tuning.driver_lock import LOCK_FILE, DriverLock
 from tune_study.tuning.study_folder import changed_keys, restorable, write_study_as_run
-from tune_study.tuning.trial_files import (
-    estimate_disk,
-    is_out_of_space,
-    settle_finished_trial,
-)
+from tune_study.tuning.trial_files import estimate_disk, is_out_of_space, settle_finished_trial
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "search_spaces" / "smoke.yaml"

@@ -11,12 +11,7 @@ from tune_study.config import load_space
 from tune_study.errors import StudyError
 
 pytest.importorskip("mlflow")
-from tune_study.tuning.tracking import (  # noqa: E402
-    evaluations,
-    metric_point,
-    result_metrics,
-    tracking_uri,
-)
+from tune_study.tuning.tracking import evaluations, metric_point, result_metrics, tracking_uri  # noqa: E402
 
 BASE = "axes: {model: [tiny-bert], batch_size: [8]}\n"
 

@@ -20,15 +20,7 @@ from tune_study.columns import GNS_COLUMNS
 from tune_study.config import resolve_config
 from tune_study.errors import StudyError
 from tune_study.metrics import calibration
-from tune_study.models import (
-    KNOWN,
-    count_parameters,
-    load_model,
-    load_tokenizer,
-    minilm_path,
-    resolve,
-    tokenizer_id,
-)
+from tune_study.models import KNOWN, count_parameters, load_model, load_tokenizer, minilm_path, resolve, tokenizer_id
 from tune_study.training.checkpoints import CHECKPOINT_FILE, load_state, save_state
 from tune_study.training.evaluation import evaluate
 from tune_study.training.loop import train
@@ -600,11 +592,7 @@ def test_host_side_mask_gives_the_same_logits(family):
     """train() hands BERT / RoBERTa under SDPA either no mask (rows without padding) or a 4-D boolean
     mask, decided on the host, so transformers never syncs to ask the GPU about padding. It must
     change nothing: same logits as the plain 2-D mask, in float64."""
-    from transformers import (
-        AutoModelForSequenceClassification,
-        BertConfig,
-        RobertaConfig,
-    )
+    from transformers import AutoModelForSequenceClassification, BertConfig, RobertaConfig
 
     from tune_study.training.evaluation import batch as _batch
     from tune_study.training.evaluation import on_device as _on_device

@@ -15,14 +15,7 @@ import torch
 import tune_study.data as data_mod
 from tune_study import train
 from tune_study.config import study_schema
-from tune_study.data import (
-    encode,
-    head_tail_budget,
-    load_reviews,
-    load_tokenized,
-    split_reviews,
-    tokenize_splits,
-)
+from tune_study.data import encode, head_tail_budget, load_reviews, load_tokenized, split_reviews, tokenize_splits
 from tune_study.models import load_tokenizer
 
 SCHEMA = Path(__file__).resolve().parents[1] / "search_spaces" / "study.schema.json"

@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from .log import show_warnings
+from .training.device import device_name
 
 
 def synthetic(n: int, max_len: int, vocab: int = 30522, seed: int = 0, learnable: bool = False) -> dict:
@@ -171,7 +172,7 @@ def hf_trainer(model: str, batch: int, max_len: int, steps: int) -> dict:
             "precision": "bf16" if cuda else "fp32", "samples_per_s": sps,
             "flops_per_sample": flops_per_sample(net, max_len), "peak_gib": math.nan,
             "wall_s": time.perf_counter() - t0,
-            "device": torch.cuda.get_device_name() if cuda else f"cpu x{torch.get_num_threads()}"}
+            "device": device_name()}
 
 
 def _worker(args):
@@ -297,7 +298,7 @@ def main(argv=None) -> int:
 
     hf_logging.set_verbosity_error()
     peak = matmul_peak()
-    device = torch.cuda.get_device_name() if cuda else f"cpu x{torch.get_num_threads()}"
+    device = device_name()
     print(f"device: {device}; torch {torch.__version__}; bf16 matmul peak "
           f"{peak / 1e12:.0f} TFLOP/s" if cuda else f"device: {device}; torch {torch.__version__}", flush=True)
     out = Path(args.out or Path("results") / "bench" / device.replace(" ", "_").lower())

@@ -16,6 +16,7 @@ import json
 import logging
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow.fs as pafs
 
@@ -117,13 +118,33 @@ def free_gb(path) -> float | None:
         return None
 
 
+def _parameter_count(model: str) -> int:
+    """``models.parameter_count``, remembered in the cache (``<cache>/parameter_counts.json``): even a
+    model on the meta device imports transformers' modeling code, seconds before a study can start.
+    A local model folder is remembered with its config.json's size and time stamp."""
+    from ..data import cache_dir
+    from ..files import write_atomically
+    from ..models import parameter_count
+
+    config = Path(model).expanduser() / "config.json"
+    key = f"{model}|{config.stat().st_size}|{config.stat().st_mtime_ns}" if config.is_file() else model
+    cache = cache_dir() / "parameter_counts.json"
+    try:
+        known = json.loads(cache.read_text()) if cache.exists() else {}
+    except ValueError:   # a torn write by a concurrent driver: count again
+        known = {}
+    if key not in known:
+        known[key] = parameter_count(model)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(cache, lambda tmp: tmp.write_text(json.dumps(known, indent=1)))
+    return known[key]
+
+
 def print_disk_estimate(study: dict, n_trials: int, conc, storage: str, models: list[str]) -> None:
     """The disk the study will need (from the largest model's parameter count), and a warning when
     the file system that holds it has less free space."""
-    from ..models import parameter_count
-
     try:
-        n_params = max(parameter_count(m) for m in models)
+        n_params = max(_parameter_count(m) for m in models)
     except Exception as e:  # sizing is advice: a model whose config cannot be read here is not an error
         log.warning("disk: cannot size the study (%s)", e)
         return

@@ -22,7 +22,10 @@ KEYS = ["model", "batch_size", "scheduler", "seed"]
 # what a run measures of its machine and its own execution, not what the study found
 TIMING = {"trial_id", "trial_path", "node_id", "best_model_path", "samples_per_s", "wall_time_s", "epoch_train_s",
           "eval_s", "train_time_s", "time_this_iter_s", "time_total_s", "peak_mem_gib",
-          "resumed_from_epoch"}   # 1 where a trial was paused for an earlier trial's rung and restarted
+          "resumed_from_epoch",   # 1 where a trial was paused for an earlier trial's rung and restarted
+          # which log a row came from: a result Tune dropped around a pause is read from the trial's
+          # checkpoint instead (the same numbers; on a busy machine this happens)
+          "from_checkpoint", "replayed"}
 
 
 @pytest.fixture(scope="module")

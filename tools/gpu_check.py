@@ -40,6 +40,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -110,10 +111,28 @@ def plan(smoke: bool, out: Path, work: Path) -> list[tuple[str, list[str], int]]
     ]
 
 
+def _stop_processes_naming(marker: str) -> int:
+    """SIGKILL every process whose command line names ``marker`` (a stage's RAY_TMPDIR); how many."""
+    n = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if marker.encode() in (proc / "cmdline").read_bytes():
+                os.kill(int(proc.name), signal.SIGKILL)
+                n += 1
+        except (OSError, ProcessLookupError):
+            pass   # gone meanwhile, or not ours to read
+    return n
+
+
 def run_stage(name: str, argv: list[str], limit: float, out: Path) -> dict:
     log = out / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    # The stage's own Ray folder (short: Ray's socket paths have a length limit): what it leaves
+    # behind is found by it and stopped, never another Ray on the same machine.
+    ray_tmp = tempfile.mkdtemp(prefix="gc", dir="/tmp")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": ray_tmp}
     t0 = time.time()
     with open(log, "w") as f:
         f.write(f"$ {' '.join(argv)}\n")
@@ -126,11 +145,11 @@ def run_stage(name: str, argv: list[str], limit: float, out: Path) -> dict:
             os.killpg(p.pid, signal.SIGKILL)  # the stage and everything it started (Ray, workers)
             p.wait()
             rc, status = None, f"stopped at its deadline ({limit:.0f} s)"
-    if name.startswith("grid"):  # a Ray instance left by a killed or failed driver must not skew the next stage
-        try:
-            subprocess.run(_py("-m", "ray.scripts.scripts", "stop", "--force"), capture_output=True, timeout=60)
-        except Exception as e:
-            print(f"[gpu_check] ray stop: {type(e).__name__}: {e}", flush=True)
+    # a Ray instance left by a killed or failed driver must not skew the next stage
+    left = _stop_processes_naming(ray_tmp)
+    if left:
+        print(f"[gpu_check] {name}: stopped {left} Ray process(es) the stage left behind", flush=True)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
     wall = time.time() - t0
     print(f"[gpu_check] {name}: {status} in {wall:.0f} s (log {log})", flush=True)
     return {"stage": name, "status": status, "rc": rc, "wall_s": round(wall, 1)}

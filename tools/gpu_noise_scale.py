@@ -2,7 +2,7 @@
 sizes, measured by the training loop itself, and what the measurement costs on the micro-batch the
 GPU picks.
 
-Per batch size B (16 / 256 / 1024 on a GPU; 4 / 16 / 64 with --smoke): ``training.train`` (no Ray)
+Per batch size B (16 / 256 / 1024 on a GPU; 4 / 16 / 64 with --smoke): ``training.loop.train`` (no Ray)
 on the shortened grid's tokenized data (search_spaces/gpu_short.yaml: real IMDB reviews, max_len
 128, bf16, constant lr 5e-5), two epochs of the first min(n_train, 100 B) training examples, so an
 epoch is at most 100 optimizer steps (4 with --smoke) and batch 16 stays within seconds; val is evaluated twice an

@@ -7,7 +7,7 @@
     python -m tune_study.bench --check-bf16 300      # + bf16 vs fp32 loss over 300 steps
     python -m tune_study.bench --repeats 3           # each of ours on / off 3 times, interleaved: median
 
-"ours" is ``training.train`` itself (one warm-up epoch, one timed epoch, synthetic tokens): the
+"ours" is ``training.loop.train`` itself (one warm-up epoch, one timed epoch, synthetic tokens): the
 same accumulation, optimizer, autocast and micro-batch choice as a trial, with the gradient noise scale
 measured (a trial's default) and, in the row after it, without: ``noise_scale_cost`` is the step-time
 increase the measurement costs (time on / time off - 1). The baseline is what the
@@ -87,7 +87,7 @@ def timed_steps(batch: int, steps: int) -> int:
 
 def ours(model: str, batch: int, micro, max_len: int, steps: int, precision: str, compile_: bool = False,
          barrier=None, noise_scale: bool = True) -> dict:
-    """``training.train`` for two epochs on synthetic tokens; epoch 2 is the timed one. With a
+    """``training.loop.train`` for two epochs on synthetic tokens; epoch 2 is the timed one. With a
     ``barrier`` (concurrent trials), every process starts its timed epoch at the same moment."""
     from .training.loop import train
 

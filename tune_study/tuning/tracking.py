@@ -2,7 +2,7 @@
 
 Ray Tune's own ``MLflowLoggerCallback`` runs on the driver and does the work: it creates the
 experiment (named like the study), one run per trial (named like the trial, see
-``trial.trial_name``), logs the trial's config as params and ends the run with the trial's status.
+``trainable.trial_name``), logs the trial's config as params and ends the run with the trial's status.
 The subclass here changes what a result becomes:
 
 * every evaluation of val is a point, the mid-epoch ones too (the trainable reports once per epoch,

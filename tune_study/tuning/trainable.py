@@ -1,5 +1,5 @@
 """One Tune trial: the trainable Tune runs for each config, and its name. The trainable is boring by
-design (Ray Tune's examples): it hands ``training.train`` a report callback (``tune.report`` with
+design (Ray Tune's examples): it hands ``training.loop.train`` a report callback (``tune.report`` with
 the epoch's checkpoint) and the checkpoint Tune restored; Tune schedules, stops and retries. What
 it adds is for faults: a new best model is promoted before its epoch's report (Tune may end the
 trial inside that report), and epochs a killed driver's experiment state lost are replayed from
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 def trainable(config: dict, datasets: dict | None = None, experiment_dir: str | None = None,
               experiment_uri: str | None = None) -> None:
-    """One trial = one ``training.train`` call; reports and checkpoints once per epoch.
+    """One trial = one ``training.loop.train`` call; reports and checkpoints once per epoch.
 
     ``datasets`` (tokenized splits per tokenizer key) travel once through the object store.
     ``experiment_dir`` is the experiment's folder on a local (or shared) filesystem: the trial's
@@ -35,10 +35,9 @@ def trainable(config: dict, datasets: dict | None = None, experiment_dir: str | 
     from ..training.loop import train
     from ..training.memory import cap_gpu_memory
 
-    data = None
-    if datasets:
-        settings = trial_config(config)
-        data = datasets.get(f"{tokenizer_id(settings.model)}|{settings.max_len}")
+    settings = trial_config(config)
+    data = datasets.get(f"{tokenizer_id(settings.model)}|{settings.max_len}") if datasets else None
+    _fresh_worker(settings.compile)
     runtime = ray.get_runtime_context()
     node = runtime.get_node_id()  # which machine of a cluster ran this trial
     # A fractional GPU (packed small-batch trials) also means a fractional share of its memory.
@@ -67,6 +66,23 @@ def trainable(config: dict, datasets: dict | None = None, experiment_dir: str | 
         resume, finished = replay_lost_epochs(trial_dir, resume, stack, extra={"node_id": node})
         if not finished:
             train(config, report=report, data=data, resume_from=resume, output_dir=trial_dir, memory_cap=memory_cap)
+
+
+def _fresh_worker(compiled: bool) -> None:
+    """Tune reuses a finished trial's worker (reuse_actors): what the previous trial left is freed
+    first. Its model is held in reference cycles (the noise-scale hooks on its weights), so only a
+    full collection frees it, and its GPU memory must be back before this trial probes or fills its
+    share; torch.compile's cache of the previous model's graphs would count against this one's
+    recompile limit. Nothing here draws random numbers."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if compiled:
+        torch.compiler.reset()
 
 
 def replay_lost_epochs(trial_dir: Path, resume: Path | None, stack: contextlib.ExitStack,

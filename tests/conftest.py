@@ -31,18 +31,10 @@ SLOW_FIXTURES = {"ray_cluster", "local_ray", "smoke_study", "two_nodes", "tracke
 SLOW_MODULES = {"test_faults", "test_study", "test_cluster", "test_same_study", "test_callbacks"}
 
 
-# Under pytest-xdist (`-n 2 --dist loadgroup`, the README's command) a group runs on one worker: a
-# module's tests together (its module-scoped Ray and studies are set up once), and the modules that
-# read the session's smoke study together with it (it runs once, not once per worker).
-SMOKE_READERS = {"test_grid", "test_report", "test_same_study"}
-
-
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1]
-        if SLOW_FIXTURES & set(item.fixturenames) or module in SLOW_MODULES:
+        if SLOW_FIXTURES & set(item.fixturenames) or item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
-        item.add_marker(pytest.mark.xdist_group("smoke_study" if module in SMOKE_READERS else module))
 
 
 @pytest.fixture(scope="session", autouse=True)

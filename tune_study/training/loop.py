@@ -16,7 +16,7 @@ import logging
 import math
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
@@ -287,7 +287,7 @@ def _restore(path, model, optimizer, scheduler) -> Run:
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
-    kept = {k: state[k] for k in Run.__dataclass_fields__ if k in state and k != "history"}
+    kept = {f.name: state[f.name] for f in fields(Run) if f.name in state and f.name != "history"}
     return Run(**kept, history=list(state.get("history", [])))
 
 

@@ -7,7 +7,6 @@ there, so later trials start at the size that fits instead of paying the same OO
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import TrainConfig
-from ..files import write_atomically
+from ..files import read_json_cache, write_json_cache
 from .device import OOM, autocast_for, free_cache, rng_of, set_rng_of, synchronize
 from .evaluation import batch
 from .noise_scale import NoiseScale, halves
@@ -50,11 +49,7 @@ def _cache_file():
 
 
 def cached_micro_batches() -> dict:
-    cache = _cache_file()
-    try:
-        return json.loads(cache.read_text()) if cache.exists() else {}
-    except ValueError:  # a torn write by a concurrent trial: probe again
-        return {}
+    return read_json_cache(_cache_file())
 
 
 def record_micro_batch(key: str, m: int) -> None:
@@ -63,9 +58,7 @@ def record_micro_batch(key: str, m: int) -> None:
     known = cached_micro_batches()
     m = 1 << (m.bit_length() - 1)
     known[key] = min(known.get(key, m), m)
-    cache = _cache_file()
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(cache, lambda tmp: tmp.write_text(json.dumps(known, indent=1)))
+    write_json_cache(_cache_file(), known)
 
 
 def auto_micro_batch(c: TrainConfig, device: torch.device, precision: str, memory_cap: float | None = None) -> int:
@@ -140,7 +133,7 @@ class Windows:
     noise: NoiseScale | None = None
     four_d_mask: bool = False
     cache_key: str | None = None
-    halvings: int = 0                 # OOM halvings so far (this process)
+    halvings: int = 0                 # OOM halvings so far (this train() call)
 
     def micro_batches(self, idx: torch.Tensor, idx_cpu: torch.Tensor) -> list[dict]:
         m = halves(len(idx), self.micro_batch_size, self.noise is not None)

@@ -107,8 +107,6 @@ def estimate_disk(n_params: int, n_trials: int, concurrent: int, checkpoints_to_
 
 def free_gb(path) -> float | None:
     """Free space on the file system that holds ``path`` (or its nearest existing parent)."""
-    from pathlib import Path
-
     p = Path(path)
     while not p.exists() and p != p.parent:
         p = p.parent
@@ -123,20 +121,16 @@ def _parameter_count(model: str) -> int:
     model on the meta device imports transformers' modeling code, seconds before a study can start.
     A local model folder is remembered with its config.json's size and time stamp."""
     from ..data import cache_dir
-    from ..files import write_atomically
+    from ..files import read_json_cache, write_json_cache
     from ..models import parameter_count
 
     config = Path(model).expanduser() / "config.json"
     key = f"{model}|{config.stat().st_size}|{config.stat().st_mtime_ns}" if config.is_file() else model
     cache = cache_dir() / "parameter_counts.json"
-    try:
-        known = json.loads(cache.read_text()) if cache.exists() else {}
-    except ValueError:   # a torn write by a concurrent driver: count again
-        known = {}
+    known = read_json_cache(cache)
     if key not in known:
         known[key] = parameter_count(model)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(cache, lambda tmp: tmp.write_text(json.dumps(known, indent=1)))
+        write_json_cache(cache, known)
     return known[key]
 
 

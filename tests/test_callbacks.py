@@ -118,12 +118,13 @@ import sys
 sys.modules["mlflow"] = None   # any import of mlflow now raises ImportError
 from tune_study.tuning.callbacks import study_callbacks
 from tune_study.config import load_space
+from tune_study.study_sections import Tracking
 from tune_study import grid, report, search
 from tune_study.tuning import runner as study
 s = load_space("search_spaces/default.yaml")
 cbs = study_callbacks(s, "grid", sys.argv[1])
 print([type(c).__name__ for c in cbs], [m for m in sys.modules if "mlflow" in m and sys.modules[m] is not None])
-s["tracking"] = {"mlflow": "auto"}
+s.tracking = Tracking(mlflow="auto")
 try:
     study_callbacks(s, "grid", sys.argv[1])
 except ImportError:

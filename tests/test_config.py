@@ -63,7 +63,7 @@ def test_shipped_study_files_validate(path, hub_models_available):
     assert path.read_text().splitlines()[0] == "# yaml-language-server: $schema=study.schema.json"
     doc = yaml.safe_load(path.read_text())
     study = load_space(path, kind=_kind(doc))
-    assert study["name"] == path.stem and study["fixed"]["evals_per_epoch"] >= 1
+    assert study.name == path.stem and study.fixed["evals_per_epoch"] >= 1
     assert isinstance(validate_study(doc, _kind(doc), path), Study)
 
 
@@ -106,7 +106,7 @@ def test_seed_out_of_range_is_rejected_up_front(tmp_path, body, kind, key, value
 def test_seed_range_ends_are_accepted(tmp_path):
     study = _load(tmp_path, BASE + "  seed: [0, 4294967295]\nrepeat: {top: 1, seeds: [0, 4294967295]}\n"
                                "fixed: {data: {split_seed: 4294967295}}\n")
-    assert study["axes"]["seed"] == [0, 2**32 - 1] and study["repeat"]["seeds"] == [0, 2**32 - 1]
+    assert study.axes["seed"] == [0, 2**32 - 1] and study.repeat.seeds == [0, 2**32 - 1]
     assert resolve_config({"seed": 2**32 - 1}).seed == 2**32 - 1
     with pytest.raises(StudyError, match=r"^seed: expected an integer in \[0, 2\*\*32\), got -1$"):
         resolve_config({"seed": -1})
@@ -134,14 +134,14 @@ def test_evals_per_epoch():
 
 
 def test_evals_per_epoch_in_a_study(tmp_path):
-    assert _load(tmp_path, BASE + "fixed: {evals_per_epoch: 3}\n")["fixed"]["evals_per_epoch"] == 3
+    assert _load(tmp_path, BASE + "fixed: {evals_per_epoch: 3}\n").fixed["evals_per_epoch"] == 3
     axis = _load(tmp_path, BASE + "  evals_per_epoch: [1, 2]\n")
-    assert axis["axes"]["evals_per_epoch"] == [1, 2] and "evals_per_epoch" not in axis["fixed"]
+    assert axis.axes["evals_per_epoch"] == [1, 2] and "evals_per_epoch" not in axis.fixed
 
 
 def test_repeat(tmp_path):
-    assert _load(tmp_path, BASE)["repeat"] is None
-    assert _load(tmp_path, BASE + "repeat: {top: 2, seeds: [1, 2, 3]}\n")["repeat"] == {"top": 2, "seeds": [1, 2, 3]}
+    assert _load(tmp_path, BASE).repeat is None
+    assert _load(tmp_path, BASE + "repeat: {top: 2, seeds: [1, 2, 3]}\n").repeat == Repeat(top=2, seeds=[1, 2, 3])
     for body, key, words in [("repeat: {top: 0, seeds: [1]}\n", "repeat.top", "expected an integer >= 1, got 0"),
                              ("repeat: {top: 1, seeds: []}\n", "repeat.seeds", "expected a non-empty list, got []"),
                              ("repeat: {top: 1, seeds: 3}\n", "repeat.seeds", "expected a list, got 3"),
@@ -153,25 +153,38 @@ def test_repeat(tmp_path):
         assert str(e.value) == f"{tmp_path / 'bad.yaml'}: key '{key}': {words}"
 
 
-# ----------------------------------------------------------------------------- the returned dicts
+# ----------------------------------------------------------------------------- the loaded study
 
 def test_load_space_shape(tmp_path):
     f = tmp_path / "s.yaml"
     f.write_text("axes: {model: [tiny-bert], batch_size: [8, 16]}\nfixed: {lr: 1, data: {max_examples: 100}}\n")
     study = load_space(f)
-    assert set(study) == {"name", "description", "axes", "fixed", "early_stopping", "resources", "max_failures",
-                          "checkpoints_to_keep", "keep_when_finished", "storage_path", "path", "repeat", "tracking"}
-    assert study["name"] == "s" and study["path"] == str(f) and study["description"] == ""
+    assert isinstance(study, Study) and (study.kind, study.path) == ("grid", str(f))
+    assert study.name == "s" and study.description == ""
     # fixed: the file's own settings (types as written) + data and evals_per_epoch filled in
-    assert study["fixed"] == {"lr": 1, "evals_per_epoch": 1, "data": {**TRAIN_DEFAULTS["data"], "max_examples": 100}}
-    assert study["early_stopping"] == {"grace_period": 1, "reduction_factor": 2}
-    assert study["resources"] == {"cpus_per_trial": "auto", "gpus_per_trial": "auto",
-                                  "max_concurrent_trials": "auto", "gpu_fraction": None}
-    assert (study["max_failures"], study["checkpoints_to_keep"], study["storage_path"]) == (2, 2, None)
-    assert study["tracking"] == {"mlflow": None}   # no MLflow unless the file asks
-    assert config.grid_size(study) == 2 and config.epochs_of(study) == TRAIN_DEFAULTS["epochs"]
+    assert study.fixed == {"lr": 1, "evals_per_epoch": 1, "data": {**TRAIN_DEFAULTS["data"], "max_examples": 100}}
+    assert study.early_stopping == EarlyStopping(grace_period=1, reduction_factor=2)
+    assert study.resources == Resources(cpus_per_trial="auto", gpus_per_trial="auto", max_concurrent_trials="auto",
+                                        gpu_fraction=None)
+    assert (study.max_failures, study.checkpoints_to_keep, study.storage_path) == (2, 2, None)
+    assert study.tracking.mlflow is None   # no MLflow unless the file asks
+    assert study.grid_size() == 2 and study.max_epochs() == TRAIN_DEFAULTS["epochs"]
+    # the record of the study as run: every setting, a grid's without the search-only keys
+    assert set(study.settings()) == {"name", "description", "axes", "fixed", "early_stopping", "resources",
+                                     "max_failures", "checkpoints_to_keep", "keep_when_finished", "storage_path",
+                                     "repeat", "tracking"}
+    assert study.settings()["early_stopping"] == {"grace_period": 1, "reduction_factor": 2}
     search = load_space(f, kind="search")
-    assert (search["num_samples"], search["search_seed"]) == (8, 0)
+    assert (search.kind, search.num_samples, search.search_seed) == ("search", 8, 0)
+    assert {"num_samples", "search_seed"} <= set(search.settings())
+
+
+def test_max_epochs_is_the_epochs_axis_top(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("axes: {model: [tiny-bert], epochs: [2, 7, 3]}\nfixed: {lr: 1}\n")
+    assert load_space(f).max_epochs() == 7
+    f.write_text("axes: {model: [tiny-bert]}\nfixed: {epochs: 4}\n")
+    assert load_space(f).max_epochs() == 4
 
 
 def test_train_defaults_are_the_documented_ones():

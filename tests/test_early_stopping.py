@@ -165,17 +165,17 @@ def test_negative_control_asha_on_the_default_rung():
 
 
 def test_make_scheduler_from_the_study_file(tmp_path):
-    body = "axes: {model: [tiny-bert], batch_size: [8]}\nfixed: {epochs: 3}\n"
+    body = "axes: {model: [tiny-bert], batch_size: [8]}\nfixed: {epochs: 3}\n"   # max_t: 3
     files = {"nostop": "early_stopping: off\n", "long": "early_stopping: {grace_period: 5}\n",
              "rf2": "", "rf3": "early_stopping: {reduction_factor: 3}\n"}
     study = {}
     for name, es in files.items():
         (tmp_path / f"{name}.yaml").write_text(f"name: {name}\n" + body + es)
         study[name] = load_space(tmp_path / f"{name}.yaml")
-    assert make_scheduler(study["nostop"], 3) is None
+    assert make_scheduler(study["nostop"]) is None
 
     def made(name):
-        s = make_scheduler(study[name], 3)
+        s = make_scheduler(study[name])
         assert s.metric == "val_acc"          # its own metric: the Tuner names none
         assert s.set_search_properties(None, None)           # as Tune calls it then
         assert not s.set_search_properties("val_acc", "max")  # a TuneConfig metric as well would be refused

@@ -31,7 +31,7 @@ def test_smoke_study_end_to_end(smoke_study):
     assert (trials.status == "TERMINATED").all()
     n_train = 240  # 300 reviews split 8:1:1
     for t in trials.itertuples():
-        assert 1 <= t.epochs_run <= study["fixed"]["epochs"]
+        assert 1 <= t.epochs_run <= study.fixed["epochs"]
         assert t.optimizer_steps == t.epochs_run * math.ceil(n_train / t.batch_size)
         assert t.samples_seen == t.epochs_run * n_train
         assert 1 <= t.best_epoch <= t.epochs_run
@@ -39,7 +39,7 @@ def test_smoke_study_end_to_end(smoke_study):
         assert 0.3 < t.test_loss < 3.0  # a 2-class cross-entropy near log 2 for an untrained model
         assert t.samples_per_s > 0 and t.wall_time_s > 0
         assert t.accumulation_steps == math.ceil(t.batch_size / t.micro_batch_size)
-        assert t.stopped_early == (t.epochs_run < study["fixed"]["epochs"])
+        assert t.stopped_early == (t.epochs_run < study.fixed["epochs"])
         best = Path(t.best_model_path)
         assert (best / "config.json").exists()
         # the saved best model is the reported one: ASHA stops every trial inside a report (early, or
@@ -52,10 +52,10 @@ def test_smoke_study_end_to_end(smoke_study):
     assert len(history) == trials.epochs_run.sum()
     assert {"train_loss", "val_loss", "val_acc", "lr", "optimizer_steps", "samples_seen"} <= set(history.columns)
     linear = history[history.scheduler == "linear"]
-    full = linear[linear.epoch == study["fixed"]["epochs"]]
+    full = linear[linear.epoch == study.fixed["epochs"]]
     assert (full.lr == 0).all()  # linear decay reaches 0 at the last optimizer step
     const = history[history.scheduler == "constant"]
-    assert (const.lr == study["fixed"]["lr"]).all()
+    assert (const.lr == study.fixed["lr"]).all()
 
 
 def test_checkpoints_bounded(smoke_study):
@@ -128,15 +128,15 @@ def test_shipped_spaces_are_valid(hub_models_available):
     for f in (ROOT / "search_spaces").glob("*.yaml"):
         kind = "search" if "followup" in f.name else "grid"
         study = load_space(f, kind=kind)
-        assert study["name"]
+        assert study.name
     seed = load_space(ROOT / "search_spaces" / "seed_study.yaml")
-    assert seed["axes"]["batch_size"] == [16, 64, 256, 1024]
-    assert set(seed["axes"]["model"]) == {"bert-base-uncased", "roberta-base"}
-    assert seed["fixed"]["data"]["source"] == "hub" and seed["fixed"]["epochs"] == 5
+    assert seed.axes["batch_size"] == [16, 64, 256, 1024]
+    assert set(seed.axes["model"]) == {"bert-base-uncased", "roberta-base"}
+    assert seed.fixed["data"]["source"] == "hub" and seed.fixed["epochs"] == 5
     default = load_space(ROOT / "search_spaces" / "default.yaml")
-    bs = default["axes"]["batch_size"]
-    assert max(bs) / min(bs) == 64 and default["axes"]["model"] == ["minilm"]
-    assert set(default["axes"]["scheduler"]) == {"constant", "linear"}
+    bs = default.axes["batch_size"]
+    assert max(bs) / min(bs) == 64 and default.axes["model"] == ["minilm"]
+    assert set(default.axes["scheduler"]) == {"constant", "linear"}
 
 
 def test_help_lists_every_flag(capsys):
@@ -154,11 +154,11 @@ def test_default_study_measures_every_adjacent_batch_comparison():
     from tune_study.training.evaluation import eval_points
 
     study = load_space(ROOT / "search_spaces" / "default.yaml", kind="grid")
-    fx, data = study["fixed"], study["fixed"]["data"]
+    fx, data = study.fixed, study.fixed["data"]
     n = len(split_reviews(load_reviews(data), data["split_seed"], data["max_examples"])["train"])
     k = fx["evals_per_epoch"]
-    first_rung = study["early_stopping"]["grace_period"] if study["early_stopping"] else fx["epochs"]
-    bs = sorted(study["axes"]["batch_size"])
+    first_rung = study.early_stopping.grace_period if study.early_stopping else fx["epochs"]
+    bs = sorted(study.axes["batch_size"])
     for small, large in zip(bs, bs[1:]):
         first_eval_small = min(eval_points(math.ceil(n / small), k))
         assert first_rung * math.ceil(n / large) >= first_eval_small, (small, large, n, k)

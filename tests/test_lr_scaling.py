@@ -13,11 +13,12 @@ import pytest
 import torch
 
 import tune_study.training.loop as training
-from tune_study.config import load_space, resolve_config
+from tune_study.config import load_space, resolve_config, validate_study
 from tune_study.errors import StudyError
 from tune_study.grid import grid_param_space
 from tune_study.lr_scaling import ADAM_BETAS, adamw_settings, scaled_beta2, scaled_lr, with_base_batch
 from tune_study.search import search_param_space
+from tune_study.study_sections import Repeat
 from tune_study.training.checkpoints import load_state
 from tune_study.tuning import results
 from tune_study.tuning.runner import repeat_points
@@ -118,20 +119,20 @@ GRID = "axes:\n  model: [tiny-bert]\n  batch_size: [32, 8, 128]\n"
 ])
 def test_base_batch_defaults_to_the_smallest_batch_of_the_study(tmp_path, body, kind, base):
     study = _study(tmp_path, body, kind)
-    assert study["fixed"]["lr_base_batch"] == base
+    assert study.fixed["lr_base_batch"] == base
     # every trial's config carries it: the grid's and the search's param spaces, and the repeats
     space = (grid_param_space if kind == "grid" else search_param_space)(study)
     assert space["lr_base_batch"] == base
-    ran = SimpleNamespace(config={**study["fixed"], "batch_size": 128, "seed": 0}, error=None,
+    ran = SimpleNamespace(config={**study.fixed, "batch_size": 128, "seed": 0}, error=None,
                           metrics={"best_val_acc": 0.9, "best_val_loss": 0.3})
-    assert [p["lr_base_batch"] for p in repeat_points([ran], {"top": 1, "seeds": [1, 2]})] == [base, base]
+    assert [p["lr_base_batch"] for p in repeat_points([ran], Repeat(top=1, seeds=[1, 2]))] == [base, base]
 
 
 def test_an_unscaled_study_is_left_as_written(tmp_path):
     plain = _study(tmp_path, GRID + "fixed: {lr: 1.0e-3}\n")
-    assert "lr_base_batch" not in plain["fixed"]
+    assert "lr_base_batch" not in plain.fixed
     none_axis = _study(tmp_path, GRID + "  lr_scaling: [none]\nfixed: {lr: 1.0e-3}\n")
-    assert "lr_base_batch" not in none_axis["fixed"]
+    assert "lr_base_batch" not in none_axis.fixed
     fixed = {"lr": 1e-3}
     assert with_base_batch({"batch_size": [8]}, fixed, 16) is fixed
 
@@ -139,7 +140,7 @@ def test_an_unscaled_study_is_left_as_written(tmp_path):
 def test_one_batch_only_warns_that_nothing_is_scaled(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="tune_study.lr_scaling"):
         study = _study(tmp_path, "axes:\n  lr_scaling: [none, sqrt]\nfixed: {model: tiny-bert, batch_size: 8}\n")
-    assert study["fixed"]["lr_base_batch"] == 8
+    assert study.fixed["lr_base_batch"] == 8
     assert any("nothing is scaled" in r.getMessage() for r in caplog.records)
     caplog.clear()
     with caplog.at_level("WARNING", logger="tune_study.lr_scaling"):
@@ -149,9 +150,9 @@ def test_one_batch_only_warns_that_nothing_is_scaled(tmp_path, caplog):
 
 def test_shipped_lr_scaling_study():
     study = load_space(ROOT / "search_spaces" / "lr_scaling.yaml")
-    assert study["axes"] == {"batch_size": [8, 128], "lr_scaling": ["none", "sqrt"]}
-    assert study["early_stopping"] is None and study["fixed"]["lr_base_batch"] == 8
-    peaks = {(b, r): adamw_settings(resolve_config({**study["fixed"], "batch_size": b, "lr_scaling": r}))[0]
+    assert study.axes == {"batch_size": [8, 128], "lr_scaling": ["none", "sqrt"]}
+    assert study.early_stopping is None and study.fixed["lr_base_batch"] == 8
+    peaks = {(b, r): adamw_settings(resolve_config({**study.fixed, "batch_size": b, "lr_scaling": r}))[0]
              for b in (8, 128) for r in ("none", "sqrt")}
     assert peaks == pytest.approx({(8, "none"): 5e-5, (8, "sqrt"): 5e-5, (128, "none"): 5e-5, (128, "sqrt"): 2e-4},
                                   rel=1e-12)
@@ -227,7 +228,8 @@ def test_optimizer_gets_the_scaled_lr_and_beta2(monkeypatch):
     assert {b for _, b in seen} == {(0.9, 0.999)}
 
     # the tables: trials.csv shows the lr each trial used, history carries it on epoch-end rows
-    study = {"axes": {"lr_scaling": ["none", "linear"]}, "fixed": {"epochs": 2, "lr_base_batch": 4}}
+    study = validate_study({"name": "s", "axes": {"lr_scaling": ["none", "linear"]},
+                            "fixed": {"model": "tiny-bert", "epochs": 2, "lr_base_batch": 4}}, "grid")
     run = SimpleNamespace(config={**cfg, "lr_base_batch": 4}, metrics={**history[-1], "trial_id": "t1"},
                           metrics_dataframe=pd.DataFrame(history), checkpoint=None, error=None, path="/x/t1")
     trials, hist, _ = results.build_frames([run], study)

@@ -8,10 +8,13 @@ from pathlib import Path
 import pandas as pd
 
 from tune_study import columns
+from tune_study.config import validate_study
+from tune_study.study_sections import Repeat
 from tune_study.tuning import results
 from tune_study.tuning.runner import repeat_points, top_configs
 
-STUDY = {"axes": {"batch_size": [8, 32], "scheduler": ["constant"]}, "fixed": {"epochs": 2, "seed": 7}}
+STUDY = validate_study({"name": "s", "axes": {"batch_size": [8, 32], "scheduler": ["constant"]},
+                        "fixed": {"epochs": 2, "seed": 7}}, "grid")
 
 
 @dataclass
@@ -74,7 +77,7 @@ def test_history_without_evals_is_one_row_per_epoch(tmp_path):
     df = pd.DataFrame([_epoch(1), _epoch(2)])
     r = FakeResult(config={"batch_size": 8, "scheduler": "constant"}, metrics=df.iloc[-1].to_dict(),
                    metrics_dataframe=df, checkpoint=_checkpoint(tmp_path, "ck", None))
-    trials, history = results.export([r], {**STUDY, "fixed": {"epochs": 2}}, tmp_path)
+    trials, history = results.export([("grid", [r])], STUDY.model_copy(update={"fixed": {"epochs": 2}}), tmp_path)
     assert list(history.epoch) == [1, 2] and history.epoch_end.all()
     assert trials.loc[0, "seed"] == 0 and trials.loc[0, "evals_per_epoch"] == 1  # training's defaults
     assert not (tmp_path / "predictions.parquet").exists()  # no trial stored predictions
@@ -103,7 +106,7 @@ def test_top_configs_by_val_never_by_test():
             res(64, 0.95, 0.10, 0.99, error="boom"), res(128, None, None, None)]
     assert [c["batch_size"] for c in top_configs(grid, 2)] == [32, 16]   # tie on acc: lower loss first
     assert [c["batch_size"] for c in top_configs(grid, 5)] == [32, 16, 8]  # errored / unreported left out
-    points = repeat_points(grid, {"top": 2, "seeds": [1, 2]})
+    points = repeat_points(grid, Repeat(top=2, seeds=[1, 2]))
     assert [(p["batch_size"], p["seed"]) for p in points] == [(32, 1), (32, 2), (16, 1), (16, 2)]
 
 
@@ -118,7 +121,7 @@ def test_noise_scale_columns_reach_history_and_trials(tmp_path):
                        _epoch(2, evals=json.dumps(evals[1]), gns_b_simple_epoch=31.0, gns_b_simple_first_epoch=23.3)])
     r = FakeResult(config={"batch_size": 8, "scheduler": "constant", "evals_per_epoch": 2},
                    metrics=df.iloc[-1].to_dict(), metrics_dataframe=df, checkpoint=_checkpoint(tmp_path, "ck", None))
-    trials, history = results.export([r], STUDY, tmp_path)
+    trials, history = results.export([("grid", [r])], STUDY, tmp_path)
     assert set(columns.GNS_COLUMNS) <= set(history.columns)
     assert history.gns_b_simple.tolist() == [15.0, 40.0, 15.0, 40.0]
     assert history.gns_windows.tolist() == [4, 5, 4, 5]

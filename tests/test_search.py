@@ -54,24 +54,24 @@ def _in_space(value, spec) -> bool:
 
 def test_shipped_search_spaces(hub_models_available):
     f = load_search_space(FOLLOWUP)
-    ax = f["axes"]
+    ax = f.axes
     assert set(ax["model"]) == {"bert-base-uncased", "roberta-base"}
     assert ax["lr"] == {"loguniform": [1e-5, 1e-4]}
     assert ax["warmup_ratio"] == {"uniform": [0.0, 0.2]}
     assert ax["scheduler"] == {"choice": ["constant", "linear", "cosine"]}
     assert ax["weight_decay"] == {"uniform": [0.0, 0.1]}
     assert ax["batch_size"] == {"choice": [16, 32, 64, 128, 256]}
-    assert f["fixed"]["epochs"] == 5 and f["fixed"]["data"]["source"] == "hub"
-    assert f["early_stopping"]["grace_period"] == 2
-    assert f["num_samples"] >= 16 and isinstance(f["search_seed"], int)
+    assert f.fixed["epochs"] == 5 and f.fixed["data"]["source"] == "hub"
+    assert f.early_stopping.grace_period == 2
+    assert f.num_samples >= 16 and isinstance(f.search_seed, int)
     text = FOLLOWUP.read_text()
     assert "RoBERTa could" in text and "grace_period 2" in text  # the seed's motivation; why grace 2
 
     s = load_search_space(SMOKE)
-    assert s["axes"]["model"] == ["tiny-bert"] and 4 <= s["num_samples"] <= 6
-    assert s["fixed"]["epochs"] == 2 and s["fixed"]["max_len"] == 64
-    assert s["fixed"]["data"]["max_examples"] == 300 and s["fixed"]["micro_batch_size"] == "auto"
-    assert s["resources"]["max_concurrent_trials"] == 2 and s["resources"]["cpus_per_trial"] == 1
+    assert s.axes["model"] == ["tiny-bert"] and 4 <= s.num_samples <= 6
+    assert s.fixed["epochs"] == 2 and s.fixed["max_len"] == 64
+    assert s.fixed["data"]["max_examples"] == 300 and s.fixed["micro_batch_size"] == "auto"
+    assert s.resources.max_concurrent_trials == 2 and s.resources.cpus_per_trial == 1
 
 
 def test_distributions_become_tune_domains():
@@ -107,9 +107,9 @@ def test_sampler_is_seeded():
     assert a == b
     assert len({c["lr"] for c in a}) == 5
     for cfg in a:
-        assert set(cfg) == set(study["axes"])
-        assert all(_in_space(cfg[k], spec) for k, spec in study["axes"].items())
-    assert _suggestions({**study, "search_seed": study["search_seed"] + 1}, 5) != a
+        assert set(cfg) == set(study.axes)
+        assert all(_in_space(cfg[k], spec) for k, spec in study.axes.items())
+    assert _suggestions(study.model_copy(update={"search_seed": study.search_seed + 1}), 5) != a
 
 
 def test_searcher_and_early_stopping_each_have_their_own_metric():
@@ -119,7 +119,7 @@ def test_searcher_and_early_stopping_each_have_their_own_metric():
     from tune_study.tuning.early_stopping import make_scheduler
 
     study = load_search_space(SMOKE)
-    searcher, asha = make_searcher(study), make_scheduler({"early_stopping": {"grace_period": 1, "reduction_factor": 2}}, 3)
+    searcher, asha = make_searcher(study), make_scheduler(study)
     assert searcher.set_search_properties(None, None, search_param_space(study))
     assert asha.set_search_properties(None, None)
     assert (searcher.metric, searcher.mode) == (SEARCH_METRIC, "max") == ("best_val_acc", "max")
@@ -311,7 +311,7 @@ def test_resume_after_kill(ray_cluster, tmp_path, capsys):
     assert len(trials) == 3 and (trials.status == "TERMINATED").all()
     assert (trials.epochs_run >= 1).all()
     study = load_search_space(space)
-    axes = list(study["axes"])
+    axes = list(study.axes)
     assert {_key(r, axes) for r in trials.to_dict("records")} == {_key(c, axes) for c in _suggestions(study, 3)}
 
 
@@ -337,14 +337,14 @@ def test_smoke_search_end_to_end(smoke_search):
     assert (study_dir / "space.yaml").read_text() == SMOKE.read_text()
     study = load_search_space(SMOKE)
     trials = pd.read_parquet(study_dir / "trials.parquet")
-    assert len(trials) == study["num_samples"]
+    assert len(trials) == study.num_samples
     assert (trials.status == "TERMINATED").all()
-    for k, spec in study["axes"].items():
+    for k, spec in study.axes.items():
         assert all(_in_space(v, spec) for v in trials[k]), k
     assert trials.lr.nunique() == len(trials)          # sampled, not fixed
     n_train = 240
     for t in trials.itertuples():
-        assert 1 <= t.epochs_run <= study["fixed"]["epochs"]
+        assert 1 <= t.epochs_run <= study.fixed["epochs"]
         assert t.optimizer_steps == t.epochs_run * math.ceil(n_train / t.batch_size)
         assert 0.0 <= t.best_val_acc <= 1.0 and 0.0 <= t.test_acc <= 1.0
     history = pd.read_parquet(study_dir / "history.parquet")
@@ -356,11 +356,11 @@ def test_smoke_search_end_to_end(smoke_search):
              "weight_decay": 0.0, "batch_size": 8}
     seeds = json.loads((study_dir / search.SEEDS_FILE).read_text())
     assert seeds["points"] == [point]
-    axes = list(study["axes"])
+    axes = list(study.axes)
     configs = {_key(r, axes) for r in trials.to_dict("records")}
     assert _key(point, axes) in configs
     # deterministic given search_seed: exactly the configs the seeded searcher proposes on its own
-    assert configs == {_key(c, axes) for c in _suggestions(study, study["num_samples"], [point])}
+    assert configs == {_key(c, axes) for c in _suggestions(study, study.num_samples, [point])}
 
     try:
         import tune_study.report  # noqa: F401
@@ -392,5 +392,5 @@ def test_resume_finished_search_samples_no_more(smoke_search):
     rc = search.main(["--space", str(SMOKE), "--results-dir", str(study_dir.parent), "--resume", "--no-report"])
     assert rc == 0
     trials = pd.read_parquet(study_dir / "trials.parquet")
-    assert len(trials) == load_search_space(SMOKE)["num_samples"]   # num_samples is the total budget
+    assert len(trials) == load_search_space(SMOKE).num_samples   # num_samples is the total budget
     assert len(pd.read_parquet(study_dir / "history.parquet")) == len(before)  # nothing rerun

@@ -133,7 +133,7 @@ def test_comment_edits_are_not_drift(tmp_path):
     copy = study_dir / "space.yaml"
     copy.write_text("# a note added later\n" + copy.read_text())
     study = check_study_as_run(study_dir, load_space, src)
-    assert study["axes"]["batch_size"] == [8, 32] and study["name"] == "smoke"
+    assert study.axes["batch_size"] == [8, 32] and study.name == "smoke"
     assert changed_keys(study, load_space(SMOKE)) == []
 
 

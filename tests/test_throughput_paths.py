@@ -14,6 +14,7 @@ import tune_study.training.checkpoints as checkpoints
 import tune_study.training.loop as training
 import tune_study.training.memory as memory
 from tune_study import bench
+from tune_study.study_sections import Resources
 from tune_study.tuning import ray_setup
 
 
@@ -156,15 +157,13 @@ def test_gpu_fraction_packing(monkeypatch):
     import ray
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 1.0})
-    study = {"resources": {"cpus_per_trial": "auto", "gpus_per_trial": "auto", "max_concurrent_trials": "auto",
-                           "gpu_fraction": {32: 0.25, 256: 0.5, "default": 1}}}
-    per_trial, conc, threads = ray_setup.resources_for(study, n_trials=16)
+    res = Resources(gpu_fraction={32: 0.25, 256: 0.5, "default": 1})
+    per_trial, conc, threads = ray_setup.resources_for(res, n_trials=16)
     assert per_trial({"batch_size": 16}) == {"cpu": 4, "gpu": 0.25}   # 4 small trials share the GPU
     assert per_trial({"batch_size": 256})["gpu"] == 0.5
     assert per_trial({"batch_size": 1024})["gpu"] == 1
     assert conc is None and threads == 4
-    study["resources"]["gpu_fraction"] = None
-    per_trial, _, _ = ray_setup.resources_for(study, n_trials=16)
+    per_trial, _, _ = ray_setup.resources_for(Resources(), n_trials=16)
     assert per_trial({"batch_size": 16}) == {"cpu": 16, "gpu": 1}      # default: one GPU per trial
 
 
@@ -172,9 +171,7 @@ def test_cpu_resources_split_cores(monkeypatch):
     import ray
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
-    study = {"resources": {"cpus_per_trial": "auto", "gpus_per_trial": "auto", "max_concurrent_trials": "auto",
-                           "gpu_fraction": None}}
-    per_trial, conc, threads = ray_setup.resources_for(study, n_trials=8)
+    per_trial, conc, threads = ray_setup.resources_for(Resources(), n_trials=8)
     assert conc == 2 and threads == 1 and per_trial({"batch_size": 8}) == {"cpu": 1, "gpu": 0}
 
 

@@ -63,13 +63,13 @@ def test_bad_tracking_uri_is_one_line(tmp_path, value):
 def test_tracking_without_mlflow_installed_is_refused(tmp_path, monkeypatch):
     f = tmp_path / "s.yaml"
     f.write_text(BASE + "tracking: {mlflow: auto}\n")
-    assert load_space(f)["tracking"] == {"mlflow": "auto"}
+    assert load_space(f).tracking.mlflow == "auto"
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
     with pytest.raises(StudyError, match=r"key 'tracking.mlflow': needs the mlflow package: pip install -e"):
         load_space(f)
     f.write_text(BASE)   # no tracking: no mlflow needed
-    assert load_space(f)["tracking"] == {"mlflow": None}
+    assert load_space(f).tracking.mlflow is None
 
 
 TELEMETRY = """

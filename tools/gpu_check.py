@@ -498,8 +498,8 @@ def prepare(dest: Path, wheels: Path) -> None:
     before = os.environ.get("TUNE_STUDY_CACHE")
     os.environ["TUNE_STUDY_CACHE"] = str(dest / "cache")  # the folder the host reads (DEVICE_COMMAND)
     try:
-        for model in study["axes"]["model"]:
-            load_tokenized(study["fixed"]["data"], model, study["fixed"]["max_len"])
+        for model in study.axes["model"]:
+            load_tokenized(study.fixed["data"], model, study.fixed["max_len"])
     finally:
         if before is None:
             os.environ.pop("TUNE_STUDY_CACHE", None)
@@ -517,11 +517,11 @@ def _salvage_grid(argv: list[str], work: Path) -> None:
 
     try:
         study = load_space(argv[argv.index("--space") + 1], kind="grid")
-        study_dir = work / "grid" / study["name"]
+        study_dir = work / "grid" / study.name
         if not (study_dir / "trials.csv").exists() and (study_dir / "tune").is_dir():
             from tune_study.tuning.results import export, load_result_grid
 
-            export(load_result_grid(study_dir / "tune"), study, study_dir)
+            export([("grid", load_result_grid(study_dir / "tune"))], study, study_dir)
             print(f"[gpu_check] exported the unfinished grid from {study_dir / 'tune'}", flush=True)
     except Exception as e:
         print(f"[gpu_check] could not export the grid: {type(e).__name__}: {e}", flush=True)

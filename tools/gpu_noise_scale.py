@@ -91,7 +91,7 @@ def stage(out: Path, space: str, model: str, smoke: bool) -> None:
     from tune_study.data import load_tokenized
 
     out.mkdir(parents=True, exist_ok=True)
-    fixed = load_space(space, kind="grid")["fixed"]
+    fixed = load_space(space, kind="grid").fixed
     data = load_tokenized(fixed["data"], model, fixed["max_len"])
     rows, steps = [], MAX_STEPS_PER_EPOCH["smoke" if smoke else "gpu"]
     for b in SMOKE_BATCHES if smoke else GPU_BATCHES:

@@ -23,6 +23,7 @@ from pydantic import (
     AfterValidator,
     BeforeValidator,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -175,7 +176,11 @@ class Study(Strict):
 
     Validated with ``context={"kind": "grid"}`` a file takes lists only and no search keys; without it,
     as a search (the superset, which the JSON Schema describes)."""
+    # (This docstring is the schema's description. What the package reads is the Study that
+    # validate_study returns: fixed filled in, early_stopping an EarlyStopping or None, path, kind.)
     search_only: ClassVar[tuple] = SEARCH_ONLY
+    _path: str = PrivateAttr("study")
+    _kind: str = PrivateAttr("search")
     name: Annotated[str, Field(min_length=1, pattern=r"^[^./][^/]*$"), expect("a plain folder name")] = Field(
         None, description="the study's folder under --results-dir; default: the file's name without .yaml")
     description: Annotated[str, expect("text")] = Field("", description="free text, shown in the report")
@@ -256,6 +261,32 @@ class Study(Strict):
                                              f"take ({why}); use int or choice", spec)
         return self
 
+    @property
+    def path(self) -> str:
+        """The study file this was read from (for messages)."""
+        return self._path
+
+    @property
+    def kind(self) -> str:
+        """grid or search: how the file was validated."""
+        return self._kind
+
+    def settings(self) -> dict:
+        """What defines the study's trials, as JSON values (``study_as_run.json`` keeps them): every
+        setting, a grid's without the search-only keys."""
+        exclude = set(SEARCH_ONLY) if self._kind == "grid" else set()
+        return json.loads(json.dumps(self.model_dump(exclude=exclude), default=str))
+
+    def max_epochs(self) -> int:
+        """The most epochs any trial can run (ASHA's max_t)."""
+        if "epochs" in self.axes:
+            return max(axis_values(self.axes["epochs"]))
+        return trial_config(self.fixed).epochs
+
+    def grid_size(self) -> int:
+        """Trials of one pass over the axes' lists (a search's distributions are not counted)."""
+        return math.prod(len(v) for v in self.axes.values() if isinstance(v, list))
+
 
 def _train_or_fail(config: dict, axes: dict, ctx: dict):
     try:
@@ -289,32 +320,28 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def validate_study(doc: dict, kind: str = "search", path: str | Path = "study") -> Study:
-    """A study file's contents as a ``Study``, or StudyError naming the file and the key."""
+    """A study file's contents as the ``Study`` the package reads, or StudyError naming the file and
+    the key. ``fixed`` holds the file's own settings (axis keys stay out), with ``data`` filled in and
+    ``evals_per_epoch`` (default 1) unless it is an axis; ``trial_config`` reads the other defaults."""
     try:
-        return Study.model_validate(doc, context={"kind": kind})
+        study = Study.model_validate(doc, context={"kind": kind})
     except ValidationError as e:
         raise to_study_error(e, Study, path=path, kind=kind) from None
-
-
-def load_space(path: str | Path, kind: str = "grid") -> dict:
-    """Read and validate a study file (kind grid or search); a plain dict with defaults filled in.
-
-    ``fixed`` holds the file's own settings (axis keys stay out), with ``data`` filled in and
-    ``evals_per_epoch`` (default 1) unless it is an axis; training fills in the other defaults.
-    """
-    path = Path(path)
-    doc = read_yaml(path)
-    study = validate_study({"name": path.stem, **doc}, kind, path)
     fixed = dict(study.fixed)
     if "data" in fixed:
         fixed["data"] = DataConfig.model_validate(fixed["data"]).model_dump()
     if "evals_per_epoch" not in study.axes:
         fixed.setdefault("evals_per_epoch", TRAIN_DEFAULTS["evals_per_epoch"])
-    out = study.model_dump(exclude={"num_samples", "search_seed"} if kind == "grid" else set())
-    es = study.early_stopping
+    study.fixed = fixed
+    study._path, study._kind = str(path), kind
     warn_if_nothing_scaled(dict(study.axes), fixed, TRAIN_DEFAULTS["batch_size"])
-    return {**out, "axes": dict(study.axes), "fixed": fixed, "path": str(path),
-            "early_stopping": es.model_dump() if isinstance(es, EarlyStopping) else None}
+    return study
+
+
+def load_space(path: str | Path, kind: str = "grid") -> Study:
+    """Read and validate a study file (kind grid or search); its name defaults to the file's."""
+    path = Path(path)
+    return validate_study({"name": path.stem, **read_yaml(path)}, kind, path)
 
 
 def resolve_config(config: dict) -> TrainConfig:
@@ -338,17 +365,6 @@ def data_config(data: dict | None) -> dict:
         return DataConfig.model_validate(data or {}).model_dump()
     except ValidationError as e:
         raise to_study_error(e, DataConfig, prefix=("data",)) from None
-
-
-def epochs_of(study: dict) -> int:
-    """The most epochs any trial can run (ASHA's max_t)."""
-    if "epochs" in study["axes"]:
-        return max(axis_values(study["axes"]["epochs"]))
-    return study["fixed"].get("epochs", TRAIN_DEFAULTS["epochs"])
-
-
-def grid_size(study: dict) -> int:
-    return math.prod(len(v) for v in study["axes"].values() if isinstance(v, list))
 
 
 def study_schema() -> dict:

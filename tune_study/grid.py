@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import warnings
 
-from .config import load_space
+from .config import Study, load_space
 from .errors import EXIT_BAD_INPUT, StudyError
 from .log import show_warnings
 from .report import build_report
@@ -25,10 +25,10 @@ def parser():
     return study_parser("python -m tune_study.grid", "search_spaces/default.yaml", __doc__)
 
 
-def grid_param_space(study: dict) -> dict:
+def grid_param_space(study: Study) -> dict:
     from ray import tune
 
-    return {**study["fixed"], **{k: tune.grid_search(v) for k, v in study["axes"].items()}}
+    return {**study.fixed, **{k: tune.grid_search(v) for k, v in study.axes.items()}}
 
 
 def main(argv=None) -> int:

@@ -26,7 +26,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .config import TRAIN_DEFAULTS, load_space, read_yaml, trial_config
+from .config import TRAIN_DEFAULTS, Study, load_space, read_yaml, trial_config
 from .errors import EXIT_BAD_INPUT, StudyError
 from .log import show_warnings
 from .report import build_report
@@ -56,7 +56,7 @@ def _is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def load_search_space(path) -> dict:
+def load_search_space(path) -> Study:
     """A search study file, validated (config.Study checks what Optuna needs and what training takes)."""
     return load_space(path, kind="search")
 
@@ -79,11 +79,11 @@ def to_domain(spec):
     raise StudyError(f"{kind}: unknown distribution")  # load_space rejects these first
 
 
-def search_param_space(study: dict) -> dict:
-    return {**study["fixed"], **{k: to_domain(v) for k, v in study["axes"].items()}}
+def search_param_space(study: Study) -> dict:
+    return {**study.fixed, **{k: to_domain(v) for k, v in study.axes.items()}}
 
 
-def make_searcher(study: dict, points: list[dict] | None = None):
+def make_searcher(study: Study, points: list[dict] | None = None):
     """OptunaSearch with a seeded TPE sampler; ``points`` are evaluated first. It maximises
     SEARCH_METRIC (a trial's best val acc) while early stopping ranks trials by each epoch's val
     acc: each is given its own metric, and the Tuner none (Tune would hand its one to both)."""
@@ -92,7 +92,7 @@ def make_searcher(study: dict, points: list[dict] | None = None):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return OptunaSearch(metric=SEARCH_METRIC, mode="max",
-                        sampler=optuna.samplers.TPESampler(seed=study["search_seed"]),
+                        sampler=optuna.samplers.TPESampler(seed=study.search_seed),
                         points_to_evaluate=list(points) if points else None)
 
 
@@ -145,7 +145,7 @@ def _grid_trials(path):
     return df, f, study_dir
 
 
-def points_from_grid(path, study: dict, log=print) -> list[dict]:
+def points_from_grid(path, study: Study, log=print) -> list[dict]:
     """The best trial per model of a grid study, as ``points_to_evaluate`` for this search space.
 
     Best by best_val_acc (the grid's own model selection), else test_acc; ERROR trials are skipped.
@@ -179,7 +179,7 @@ def points_from_grid(path, study: dict, log=print) -> list[dict]:
 
     def to_point(row):
         point = {}
-        for key, spec in study["axes"].items():
+        for key, spec in study.axes.items():
             if key in row.index and not pd.isna(row[key]):
                 value = _plain(row[key])
             elif key in fixed:
@@ -196,14 +196,14 @@ def points_from_grid(path, study: dict, log=print) -> list[dict]:
 
     chosen = []   # (score, point, label)
     for model, trials in ok.groupby("model", sort=False):
-        if "model" in study["axes"]:
+        if "model" in study.axes:
             try:
-                _value_in_space(study["axes"]["model"], _plain(model))
+                _value_in_space(study.axes["model"], _plain(model))
             except ValueError as e:
                 log(f"--from-grid: note: model {model!r} is {e} in this search space; its trials are not used")
                 continue
-        elif model != trial_config(study["fixed"]).model:
-            log(f"--from-grid: note: this search trains only {trial_config(study['fixed']).model!r}; "
+        elif model != trial_config(study.fixed).model:
+            log(f"--from-grid: note: this search trains only {trial_config(study.fixed).model!r}; "
                 f"the {model!r} trials are not used")
             continue
         for rank, (_, row) in enumerate(trials.iterrows()):
@@ -225,8 +225,8 @@ def points_from_grid(path, study: dict, log=print) -> list[dict]:
             continue
         points.append(point)
         log(f"--from-grid: evaluating first {label}: {point}")
-    n = study.get("num_samples")
-    if n is not None and len(points) > n:
+    n = study.num_samples
+    if len(points) > n:
         log(f"--from-grid: note: {len(points)} points but num_samples {n}: only the first {n} are run")
     if not points:
         log("--from-grid: note: no grid config fits this search space; the search starts from scratch")
@@ -254,11 +254,11 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     warnings.filterwarnings("ignore", category=FutureWarning)
-    print(f"search '{study['name']}': {study['num_samples']} samples, TPE seed {study['search_seed']}, "
+    print(f"search '{study.name}': {study.num_samples} samples, TPE seed {study.search_seed}, "
           f"optimising {SEARCH_METRIC}")
     try:
         return run_study(study, options_from_args(args), search_param_space(study),
-                         search_alg=make_searcher(study, points), num_samples=study["num_samples"],
+                         search_alg=make_searcher(study, points), num_samples=study.num_samples,
                          kind="search", datasets=datasets, build_report=build_report)
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from ..config import epochs_of
+from ..config import Study
 from .progress import StudyProgress
 from .trial_files import settle_finished_trial
 
@@ -35,11 +35,12 @@ class SettleFinishedTrials(Callback):
             log.warning("%s: could not settle the finished trial's folder (%s)", trial, e)
 
 
-def study_callbacks(study: dict, stage: str, study_dir: str | Path) -> list:
+def study_callbacks(study: Study, stage: str, study_dir: str | Path) -> list:
     """The callbacks for one Tune run (``stage``: grid / search / repeat) of ``study``.
     mlflow is imported only here, and only for a study with ``tracking.mlflow``."""
-    callbacks = [StudyProgress(epochs_default=epochs_of(study)), SettleFinishedTrials(study["keep_when_finished"])]
-    uri = (study.get("tracking") or {}).get("mlflow")
+    callbacks = [StudyProgress(epochs_default=study.max_epochs()),
+                 SettleFinishedTrials(study.keep_when_finished)]
+    uri = study.tracking.mlflow
     if uri:
         from .tracking import mlflow_callback
 

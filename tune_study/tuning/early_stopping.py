@@ -45,6 +45,8 @@ from typing import Optional
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from ..config import Study
+
 log = logging.getLogger(__name__)
 
 EARLY_STOPPING_METRIC = "val_acc"   # each epoch's val accuracy (ties: the lower val loss)
@@ -260,10 +262,10 @@ def _stored_history(trial: Trial) -> list[dict]:
         return []
 
 
-def make_scheduler(study: dict, epochs: int):
-    """The study's early stopping (``early_stopping`` of the validated study), or None when off."""
-    es = study["early_stopping"]
-    if not es:
+def make_scheduler(study: Study):
+    """The study's early stopping (its ``early_stopping``, up to its trials' most epochs), or None when off."""
+    es, epochs = study.early_stopping, study.max_epochs()
+    if es is None:
         return None
-    return InOrderASHA(max_t=epochs, grace_period=min(es["grace_period"], epochs),
-                       reduction_factor=es["reduction_factor"], metric=EARLY_STOPPING_METRIC, mode="max")
+    return InOrderASHA(max_t=epochs, grace_period=min(es.grace_period, epochs),
+                       reduction_factor=es.reduction_factor, metric=EARLY_STOPPING_METRIC, mode="max")

@@ -8,6 +8,8 @@ import signal
 import time
 from pathlib import Path
 
+from ..study_sections import Resources
+
 log = logging.getLogger(__name__)
 
 EXPOSED_WARNING = (
@@ -88,30 +90,30 @@ def print_dashboard(ctx) -> None:
               "APIs answer 401 without it")
 
 
-def resources_for(study: dict, n_trials: int):
-    """Per-trial resources: CPU threads split across concurrent trials; GPU (fractions) on GPU clusters."""
+def resources_for(res: Resources, n_trials: int):
+    """Per-trial resources (a study's ``resources``): CPU threads split across concurrent trials; GPU
+    (fractions) on GPU clusters."""
     import ray
 
-    res = study["resources"]
     cluster = ray.cluster_resources()
     cpus, gpus = int(cluster.get("CPU", 1)), cluster.get("GPU", 0)
-    conc = res["max_concurrent_trials"]
+    conc = res.max_concurrent_trials
     if gpus:
-        gpt = 1 if res["gpus_per_trial"] == "auto" else res["gpus_per_trial"]
+        gpt = 1 if res.gpus_per_trial == "auto" else res.gpus_per_trial
         if conc == "auto":
             conc = None  # Ray packs by the GPU fractions below
-        cpt = res["cpus_per_trial"]
+        cpt = res.cpus_per_trial
         if cpt == "auto":  # share the CPUs among as many trials as the GPUs can hold at once
-            smallest = min([gpt or 1, *(res.get("gpu_fraction") or {}).values()])
+            smallest = min([gpt or 1, *(res.gpu_fraction or {}).values()])
             cpt = max(1, cpus // max(1, int(gpus / smallest)))
     else:
         gpt = 0
         if conc == "auto":
             conc = max(1, min(n_trials, cpus))  # one trial per core beats 2 threads per trial here
-        cpt = res["cpus_per_trial"]
+        cpt = res.cpus_per_trial
         if cpt == "auto":
             cpt = max(1, cpus // conc)
-    fractions = res.get("gpu_fraction")
+    fractions = res.gpu_fraction
 
     def per_trial(config):
         g = gpt

@@ -28,7 +28,7 @@ from ..columns import (
     TRIAL_COLUMNS,
     TRIALS,
 )
-from ..config import trial_config
+from ..config import Study, trial_config
 from ..files import write_atomically
 
 EXPERIMENT = "tune"   # the Ray experiment's folder name under the storage path
@@ -124,10 +124,10 @@ def _error_line(error) -> str:
     return next((ln for ln in reversed(lines) if "Error" in ln.split(":")[0]), lines[-1] if lines else "")[:300]
 
 
-def build_frames(result_grid, study: dict, stage: str = "grid") -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def build_frames(result_grid, study: Study, stage: str = "grid") -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(trials, history, predictions) of one Tune run; ``stage`` is one of columns.STAGES."""
     assert stage in STAGES, stage
-    axes = list(study["axes"])
+    axes = list(study.axes)
     known = _trials_by_id(result_grid)
     rows, hist, preds = [], [], []
     for result in result_grid:
@@ -183,12 +183,11 @@ def build_frames(result_grid, study: dict, stage: str = "grid") -> tuple[pd.Data
     return trials, history, predictions
 
 
-def export(result_grids, study: dict, out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def export(result_grids: list[tuple[str, object]], study: Study,
+           out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write trials/history (and predictions, when some trial stored them) as CSV and Parquet into
-    ``out_dir``; return (trials, history). ``result_grids``: one ResultGrid (a grid), or a list of
-    (stage, ResultGrid), one per Tune run of the study: one table each over all of them."""
-    if not (isinstance(result_grids, list) and all(isinstance(g, tuple) for g in result_grids)):
-        result_grids = [("grid", result_grids)]
+    ``out_dir``; return (trials, history). ``result_grids``: (stage, ResultGrid) for each Tune run of
+    the study (the grid or search, then its repeats): one table each over all of them."""
     frames = [build_frames(rg, study, stage) for stage, rg in result_grids]
     trials, history, predictions = (pd.concat([f[i] for f in frames if len(f[i])] or [frames[0][i]],
                                               ignore_index=True) for i in range(3))

@@ -20,9 +20,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import epochs_of, grid_size
+from ..config import Study, trial_config
 from ..errors import StudyError
-from ..study_sections import discrete_values
+from ..study_sections import Repeat, discrete_values
 from .ray_setup import init_ray, keep_alive, print_dashboard, resources_for
 from .results import EXPERIMENT, REPEAT_EXPERIMENT, console_table, export, load_result_grid
 from .study_folder import restorable, study_paths
@@ -78,13 +78,13 @@ def options_from_args(args) -> StudyOptions:
 
 # ----------------------------------------------------------------------------- data
 
-def tokenize_for_study(study: dict, param_configs: list[dict]) -> dict:
+def tokenize_for_study(study: Study, param_configs: list[dict]) -> dict:
     """Tokenize once per (tokenizer, max_len) on the driver; trials get it via the object store."""
     from ..data import load_tokenized
     from ..models import tokenizer_id
 
     out = {}
-    data = study["fixed"].get("data", {})
+    data = study.fixed.get("data", {})
     for cfg in param_configs:
         key = f"{tokenizer_id(cfg['model'])}|{cfg['max_len']}"
         if key not in out:
@@ -97,17 +97,15 @@ def tokenize_for_study(study: dict, param_configs: list[dict]) -> dict:
     return out
 
 
-def representative_configs(study: dict) -> list[dict]:
+def representative_configs(study: Study) -> list[dict]:
     """(model, max_len) pairs any trial can have, for tokenizing up front."""
-    from ..config import trial_config
-
     def values(key):
-        v = study["axes"].get(key)
-        return [getattr(trial_config(study["fixed"]), key)] if v is None else discrete_values(v)
+        v = study.axes.get(key)
+        return [getattr(trial_config(study.fixed), key)] if v is None else discrete_values(v)
 
     models, lens = values("model"), values("max_len")
     if models is None or lens is None:
-        raise StudyError(f"{study['path']}: key 'axes.model': model and max_len must be lists or choices")
+        raise StudyError(f"{study.path}: key 'axes.model': model and max_len must be lists or choices")
     return [{"model": m, "max_len": L} for m in models for L in lens]
 
 
@@ -126,9 +124,9 @@ def top_configs(result_grid, k: int) -> list[dict]:
     return [cfg for *_, cfg in ranked[:k]]
 
 
-def repeat_points(result_grid, repeat: dict) -> list[dict]:
+def repeat_points(result_grid, repeat: Repeat) -> list[dict]:
     """One config per (top config, seed): the configs as they ran, with the seed replaced."""
-    return [{**cfg, "seed": s} for cfg in top_configs(result_grid, repeat["top"]) for s in repeat["seeds"]]
+    return [{**cfg, "seed": s} for cfg in top_configs(result_grid, repeat.top) for s in repeat.seeds]
 
 
 # ----------------------------------------------------------------------------- running
@@ -148,7 +146,7 @@ def _tuner(study, trainable_, exp_path, storage, name, param_space, *, search_al
               "starting it fresh")
     reporter = tune.CLIReporter(
         parameter_columns={k: k for k in ("model", "batch_size", "scheduler", "seed", "lr", "lr_scaling")
-                           if k in study["axes"] or (name == REPEAT_EXPERIMENT and k in param_space)},
+                           if k in study.axes or (name == REPEAT_EXPERIMENT and k in param_space)},
         metric_columns={"epoch": "epoch", "val_acc": "val_acc", "val_loss": "val_loss",
                         "test_acc": "test_acc", "samples_per_s": "samples/s"},
         max_report_frequency=30, sort_by_metric=False)
@@ -165,9 +163,9 @@ def _tuner(study, trainable_, exp_path, storage, name, param_space, *, search_al
                                     reuse_actors=True),
         run_config=RunConfig(
             name=name, storage_path=storage, progress_reporter=reporter, verbose=1,
-            checkpoint_config=CheckpointConfig(num_to_keep=study["checkpoints_to_keep"]),
+            checkpoint_config=CheckpointConfig(num_to_keep=study.checkpoints_to_keep),
             callbacks=study_callbacks(study, stage, study_dir),
-            failure_config=FailureConfig(max_failures=study["max_failures"]),
+            failure_config=FailureConfig(max_failures=study.max_failures),
             # the best model is an artifact of the trial folder: persisted to remote storage too
             sync_config=tune.SyncConfig(sync_artifacts=True)))
 
@@ -184,7 +182,7 @@ def _unfinished(trials) -> int:
     return int(trials["status"].isin(["RUNNING", "PENDING", "PAUSED"]).sum()) if len(trials) else 0
 
 
-def run_study(study: dict, options, param_space: dict, search_alg=None, num_samples: int = 1,
+def run_study(study: Study, options, param_space: dict, search_alg=None, num_samples: int = 1,
               kind: str = "grid", datasets: dict | None = None, build_report=None) -> int:
     """Ray up, the study's Tune run (fit or restore), its repeat stage if any, exports, report.
     ``options``: a StudyOptions (or argparse namespace with its fields). ``build_report(study_dir,
@@ -204,8 +202,8 @@ def run_study(study: dict, options, param_space: dict, search_alg=None, num_samp
     ctx = init_ray(options.address, options.dashboard_host, options.dashboard_port, options.num_cpus)
     try:
         print_dashboard(ctx)
-        n_trials = grid_size(study) * num_samples if kind == "grid" else num_samples
-        per_trial, conc, threads = resources_for(study, n_trials)
+        n_trials = study.grid_size() * num_samples if kind == "grid" else num_samples
+        per_trial, conc, threads = resources_for(study.resources, n_trials)
         if datasets is None:
             datasets = tokenize_for_study(study, representative_configs(study))
 
@@ -218,17 +216,17 @@ def run_study(study: dict, options, param_space: dict, search_alg=None, num_samp
                 experiment_uri=None if local_exp else exp_path), per_trial)
 
         exp_path, rep_path = f"{storage}/{EXPERIMENT}", f"{storage}/{REPEAT_EXPERIMENT}"
-        repeat = study.get("repeat")
-        print_disk_estimate(study, n_trials + (repeat["top"] * len(repeat["seeds"]) if repeat else 0), conc, storage,
+        repeat = study.repeat
+        print_disk_estimate(study, n_trials + (repeat.top * len(repeat.seeds) if repeat else 0), conc, storage,
                             [c["model"] for c in representative_configs(study)])
         t0 = time.time()
         try:
             if options.resume and repeat and restorable(rep_path):
                 result_grid = load_result_grid(exp_path)  # the first stage finished before the repeats began
             else:
-                scheduler = make_scheduler(study, epochs_of(study))   # ASHA in trial order (early_stopping)
+                scheduler = make_scheduler(study)   # ASHA in trial order (early_stopping)
                 space = {**param_space}
-                if "threads" not in space and not study["fixed"].get("threads"):
+                if "threads" not in space and not study.fixed.get("threads"):
                     space["threads"] = threads
                 tuner = _tuner(study, make_trainable(exp_path), exp_path, storage, EXPERIMENT, space,
                                search_alg=search_alg, num_samples=num_samples, conc=conc, scheduler=scheduler,
@@ -240,7 +238,7 @@ def run_study(study: dict, options, param_space: dict, search_alg=None, num_samp
                 restoring = options.resume and restorable(rep_path)
                 points = [] if restoring else repeat_points(result_grid, repeat)
                 if restoring or points:
-                    print(f"repeat: the top {repeat['top']} configs x seeds {repeat['seeds']}, no early stopping")
+                    print(f"repeat: the top {repeat.top} configs x seeds {repeat.seeds}, no early stopping")
                     # the points name every key, so the space must too (each point's values replace its)
                     tuner = _tuner(study, make_trainable(rep_path), rep_path, storage, REPEAT_EXPERIMENT,
                                    dict(points[0]) if points else {},
@@ -261,8 +259,8 @@ def run_study(study: dict, options, param_space: dict, search_alg=None, num_samp
                   file=sys.stderr)
             return 1
         wall = time.time() - t0
-        print(f"\n{kind} '{study['name']}': {len(trials)} trials in {wall:.0f} s; exports in {study_dir}")
-        print(console_table(trials, list(study["axes"])))
+        print(f"\n{kind} '{study.name}': {len(trials)} trials in {wall:.0f} s; exports in {study_dir}")
+        print(console_table(trials, list(study.axes)))
         report_error = None
         if build_report is not None and not options.no_report:
             try:

@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..config import Study
 from ..errors import StudyError
 from .driver_lock import LOCK_FILE, DriverLock
 
@@ -24,16 +25,16 @@ RECORD = "study_as_run.json"
 OWN_FILES = {LOCK_FILE}   # what an otherwise empty study folder may hold (a start that was refused)
 
 
-def study_paths(results_dir: str, study: dict) -> tuple[Path, str]:
+def study_paths(results_dir: str, study: Study) -> tuple[Path, str]:
     """(local study folder, Ray storage path: the study folder or the YAML's storage_path URI/dir)."""
-    study_dir = Path(results_dir).expanduser().resolve() / study["name"]
-    storage = study["storage_path"]
+    study_dir = Path(results_dir).expanduser().resolve() / study.name
+    storage = study.storage_path
     if storage is None:
         storage = str(study_dir)
     elif "://" not in storage:
-        storage = str(Path(storage).expanduser().resolve() / study["name"])
+        storage = str(Path(storage).expanduser().resolve() / study.name)
     else:
-        storage = storage.rstrip("/") + "/" + study["name"]
+        storage = storage.rstrip("/") + "/" + study.name
     return study_dir, storage
 
 
@@ -60,9 +61,9 @@ def check_study_dir(study_dir: Path, resume: bool) -> None:
 
 # ----------------------------------------------------------------------------- the study as run
 
-def _settings(study: dict) -> dict:
-    """What defines a study's trials: its validated settings, without where the file was read from."""
-    return json.loads(json.dumps({k: v for k, v in study.items() if k != "path"}, default=str))
+def _settings(study: Study | dict) -> dict:
+    """What defines a study's trials (``Study.settings``); a dict is a record's, read back."""
+    return study.settings() if isinstance(study, Study) else study
 
 
 def _flat(d, prefix="") -> dict:
@@ -75,7 +76,7 @@ def _flat(d, prefix="") -> dict:
     return out
 
 
-def changed_keys(a: dict, b: dict) -> list[str]:
+def changed_keys(a: Study | dict, b: Study | dict) -> list[str]:
     fa, fb = _flat(_settings(a)), _flat(_settings(b))
     return sorted(k for k in fa.keys() | fb.keys() if fa.get(k, "<unset>") != fb.get(k, "<unset>"))
 
@@ -84,7 +85,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def write_study_as_run(study_dir: Path, space_path: str | Path, study: dict) -> None:
+def write_study_as_run(study_dir: Path, space_path: str | Path, study: Study) -> None:
     try:
         study_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(space_path, study_dir / "space.yaml")
@@ -94,12 +95,12 @@ def write_study_as_run(study_dir: Path, space_path: str | Path, study: dict) -> 
         raise StudyError(f"--results-dir: cannot write to {study_dir}: {e.strerror or e}") from e
 
 
-def check_study_as_run(study_dir: Path, load, given: str | Path | None) -> dict:
+def check_study_as_run(study_dir: Path, load, given: str | Path | None) -> Study:
     """The study to resume: ``space.yaml`` as loaded by ``load``, refused (one line naming the
     changed keys) when it no longer matches the record of the study as run, or when ``given`` (the
     ``--space`` file) says otherwise."""
     copy = study_dir / "space.yaml"
-    study = {**load(copy), "name": study_dir.name}   # the copy's own file name is not the study's
+    study = load(copy).model_copy(update={"name": study_dir.name})   # the copy's file name is not the study's
     record_file = study_dir / RECORD
     if record_file.exists():
         try:
@@ -175,7 +176,7 @@ def _complete_pickle(path: Path) -> bool:
 
 # ----------------------------------------------------------------------------- before training
 
-def open_study_folder(study: dict, args, load, prepare) -> tuple[dict, Path, DriverLock, object]:
+def open_study_folder(study: Study, args, load, prepare) -> tuple[Study, Path, DriverLock, object]:
     """Everything before training, in the order that writes nothing on a refusal: the folder's
     checks, its driver lock, the study as run, ``prepare(study)`` (load and tokenize the data: bad
     data is an input error) and, for a new study, ``space.yaml`` and its record. Returns (study,

@@ -33,6 +33,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 from ray.tune.logger.mlflow import MLflowLoggerCallback  # noqa: E402
 
 from ..columns import EPOCH_COLUMNS, EVAL_COLUMNS  # noqa: E402
+from ..config import Study  # noqa: E402
 
 # What a point logs: the evaluation's numbers and, at an epoch's end, the epoch's (epoch_end is a flag).
 METRICS = tuple(dict.fromkeys(c for c in (*EVAL_COLUMNS, *EPOCH_COLUMNS, "time_total_s") if c != "epoch_end"))
@@ -115,7 +116,7 @@ class StudyMLflowCallback(MLflowLoggerCallback):
         self._client().log_batch(run_id, metrics=result_metrics(result, int(time.time() * 1000)))
 
 
-def mlflow_callback(uri: str, study: dict, stage: str, study_dir: str | Path) -> StudyMLflowCallback:
+def mlflow_callback(uri: str, study: Study, stage: str, study_dir: str | Path) -> StudyMLflowCallback:
     """The callback recording one Tune run (a stage) of the study into the experiment named like it."""
-    return StudyMLflowCallback(tracking_uri=tracking_uri(uri, study_dir), experiment_name=study["name"],
-                               tags={"study": study["name"], "stage": stage})
+    return StudyMLflowCallback(tracking_uri=tracking_uri(uri, study_dir), experiment_name=study.name,
+                               tags={"study": study.name, "stage": stage})

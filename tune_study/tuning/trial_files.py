@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from ..config import Study
 from ..training.checkpoints import BEST_MARKER, BEST_MODEL, BEST_STAGING, CHECKPOINT_FILE, PREVIOUS, PRUNED_MARKER
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ def _parameter_count(model: str) -> int:
     return known[key]
 
 
-def print_disk_estimate(study: dict, n_trials: int, conc, storage: str, models: list[str]) -> None:
+def print_disk_estimate(study: Study, n_trials: int, conc, storage: str, models: list[str]) -> None:
     """The disk the study will need (from the largest model's parameter count), and a warning when
     the file system that holds it has less free space."""
     try:
@@ -142,8 +143,8 @@ def print_disk_estimate(study: dict, n_trials: int, conc, storage: str, models: 
     except Exception as e:  # sizing is advice: a model whose config cannot be read here is not an error
         log.warning("disk: cannot size the study (%s)", e)
         return
-    est = estimate_disk(n_params, n_trials, conc or n_trials, study["checkpoints_to_keep"], study["keep_when_finished"])
-    print(est.line(n_trials, study["checkpoints_to_keep"], study["keep_when_finished"]))
+    est = estimate_disk(n_params, n_trials, conc or n_trials, study.checkpoints_to_keep, study.keep_when_finished)
+    print(est.line(n_trials, study.checkpoints_to_keep, study.keep_when_finished))
     free = None if "://" in storage else free_gb(storage)
     if free is not None and free < est.peak_gb:
         log.warning("disk: %s has %.1f GB free, less than the %.1f GB this study may need: it can stop "

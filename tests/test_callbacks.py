@@ -124,7 +124,7 @@ from tune_study.tuning import runner as study
 s = load_space("search_spaces/default.yaml")
 cbs = study_callbacks(s, "grid", sys.argv[1])
 print([type(c).__name__ for c in cbs], [m for m in sys.modules if "mlflow" in m and sys.modules[m] is not None])
-s.tracking = Tracking(mlflow="auto")
+s.tracking = Tracking.model_construct(mlflow="auto")   # as a file validated where mlflow is installed
 try:
     study_callbacks(s, "grid", sys.argv[1])
 except ImportError:

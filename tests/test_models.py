@@ -211,3 +211,29 @@ def test_train_with_unavailable_hub_model_fails_before_writing(tmp_path):
                                          "--max-examples", "100", "--out", str(out_dir)])
     _assert_one_line_model_error(out, took, "model 'bert-base-uncased'")
     assert not out_dir.exists()
+
+
+MINILM_OFFLINE = """
+import os, socket
+for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.pop(var, None)
+tried = []
+def refuse(self, address):
+    tried.append(address)
+    raise OSError("no network")
+socket.socket.connect = refuse
+from tune_study import models
+models.load_model("minilm")
+models.load_tokenizer("minilm")
+print(tried, os.environ.get("HF_HUB_OFFLINE"))
+"""
+
+
+def test_the_bundled_model_loads_without_network_and_sets_nothing():
+    """minilm is a local directory: loading it opens no connection, so nothing sets HF_HUB_OFFLINE
+    (set in a worker process, it would make the next trial's hub model cache-only)."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_OFFLINE")}
+    out = subprocess.run([sys.executable, "-c", MINILM_OFFLINE], env={**env, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[] None"

@@ -386,7 +386,7 @@ def _fit_seconds(log: Path) -> float | None:
 
 
 def summarize(out: Path, work: Path, stages: list[dict], smoke: bool) -> dict:
-    from tune_study.bench import markdown
+    from tune_study.tables import frame_table
 
     big = "tiny-bert" if smoke else "bert-base-random"
     env = json.loads((out / "env" / "env.json").read_text()) if (out / "env" / "env.json").exists() else {}
@@ -449,10 +449,10 @@ def summarize(out: Path, work: Path, stages: list[dict], smoke: bool) -> dict:
                             "samples_per_s", "peak_mem_gib", "oom_halvings", "wall_time_s", "device") if c in t]
         lines += [f"## {name}: {len(t)} trials, Tuner.fit {fit if fit is not None else '?'} s "
                   f"(stage wall {next((s['wall_s'] for s in stages if s['stage'] == name), '?')} s)", "",
-                  markdown(t[cols], ".4g"), ""]
+                  frame_table(t[cols], ".4g"), ""]
     if proj and len(proj["per_trial"]):
         lines += ["## Projection of the full seed grid (one GPU)", "", project_seed_grid.__doc__.strip(), "",
-                  markdown(proj["per_trial"], ".4g"), ""]
+                  frame_table(proj["per_trial"], ".4g"), ""]
 
     noise = gpu_noise_scale.read(out)
     if noise:

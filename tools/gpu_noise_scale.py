@@ -120,7 +120,7 @@ def summary_lines(result: dict, smoke: bool) -> list[str]:
     largest micro-batch measured (the GPU-sized one on a GPU)."""
     import pandas as pd
 
-    from tune_study.bench import markdown
+    from tune_study.tables import frame_table
 
     ok = [r for r in result["rows"] if "error" not in r]
     lines = [f"## noise_scale: B_simple of {result['model']} at batch "
@@ -133,7 +133,7 @@ def summary_lines(result: dict, smoke: bool) -> list[str]:
              "one micro-batch runs as two halves). noise_scale_cost = samples/s off / on - 1 (warm epoch 2). "
              "Windows drawn without replacement bias B_simple up by about B_simple / n_train, relative.", ""]
     if ok:
-        lines += [markdown(pd.DataFrame(ok)[[c for c in COLUMNS if c in ok[0]]], ".4g"), ""]
+        lines += [frame_table(pd.DataFrame(ok)[[c for c in COLUMNS if c in ok[0]]], ".4g"), ""]
         costed = [r for r in ok if math.isfinite(r["noise_scale_cost"])]
         if costed:
             r = max(costed, key=lambda r: (r["micro_measured"], r["batch"]))

@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from .log import show_warnings
+from .tables import frame_table
 from .training.device import device_name
 
 
@@ -55,11 +56,6 @@ def model_flops_per_sample(model: str, max_len: int) -> float:
     from .models import load_model
 
     return flops_per_sample(load_model(model, attn_implementation=None), max_len)
-
-
-def markdown(df, floatfmt: str = ".3g") -> str:
-    """A markdown table (tabulate, through pandas)."""
-    return df.to_markdown(index=False, floatfmt=floatfmt)
 
 
 def matmul_peak() -> float:
@@ -312,7 +308,7 @@ def main(argv=None) -> int:
         df = table(rows, peak) if rows else pd.DataFrame(columns=cols + ["oom_halvings", "error"])
         shown = cols + (["oom_halvings"] if df["oom_halvings"].fillna(0).any() else []) + \
             (["error"] if df["error"].notna().any() else [])
-        text = markdown(df[shown])
+        text = frame_table(df[shown])
         text = f"# tune_study bench\n\ndevice: {device}, torch {torch.__version__}, max_len {args.max_len}\n\n{text}\n"
         text += "".join(extra)
         df.to_csv(out / "bench.csv", index=False)

@@ -146,8 +146,8 @@ def load_model(name: str, num_labels: int = 2, attn_implementation: str | None =
             return AutoModelForSequenceClassification.from_config(cfg, **kw)
         except (ValueError, ImportError):
             return AutoModelForSequenceClassification.from_config(cfg)
-    if name == "minilm":
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # bundled: never touch the network
+    # (minilm is a local directory: from_pretrained reads its files and opens no connection, so
+    # nothing here sets HF_HUB_OFFLINE, which would stay set for the next trial of a reused worker)
     try:
         return AutoModelForSequenceClassification.from_pretrained(src, num_labels=num_labels, **kw)
     except (ValueError, ImportError) as e:

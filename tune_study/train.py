@@ -92,8 +92,6 @@ def main(argv=None) -> int:
         data = dict(config.get("data", {}))
         data.update({k: given[k] for k in data_keys if k in given})
         config["data"] = data
-        if "micro_batch_size" not in config and "batch_size" in config:
-            config["micro_batch_size"] = "auto"
         from .config import resolve_config
         from .training.loop import train
 

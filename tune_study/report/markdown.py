@@ -5,10 +5,11 @@ from __future__ import annotations
 from scipy import stats
 
 from .. import metrics as M
+from ..tables import md_table
 from . import answers, why
 from .analysis import BEYOND, UNDETERMINED, WITHIN
 from .build import Analysis, test_table
-from .text import comparison, f3, interval, md_table, rate, symbol
+from .text import comparison, f3, interval, rate, symbol
 
 
 def render(an: Analysis) -> str:

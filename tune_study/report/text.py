@@ -54,15 +54,6 @@ def rate(k, n, lo, hi) -> str:
     return f"{k} of {n}" + (f" (Wilson 95% [{f3(lo, 2)}, {f3(hi, 2)}])" if ok(lo) else "")
 
 
-def md_table(rows: list[dict]) -> str:
-    if not rows:
-        return "(none)"
-    cols = list(rows[0])
-    out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    out += ["| " + " | ".join(str(r[c]).replace("|", "/") for c in cols) + " |" for r in rows]
-    return "\n".join(out)
-
-
 def calib_word(verdict: str, gap: float) -> str:
     if verdict == BEYOND:
         return "over-confident beyond noise" if gap > 0 else "under-confident beyond noise"

@@ -3,10 +3,11 @@ the check of its prediction, and the learning-rate scaling question, rendered fr
 lr_gap.py results (every verdict word comes from a result)."""
 from __future__ import annotations
 
+from ..tables import md_table
 from . import lr_gap as G
 from . import noise as N
 from .analysis import ok
-from .text import comparison, f3, md_table, pval, sgn
+from .text import comparison, f3, pval, sgn
 
 HEAD = "### Why a batch size wins: the gradient noise scale"
 

@@ -33,7 +33,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 from ray.tune.logger.mlflow import MLflowLoggerCallback  # noqa: E402
 
 from ..columns import EPOCH_COLUMNS, EVAL_COLUMNS  # noqa: E402
-from ..config import Study  # noqa: E402
+from ..config import Study, trial_config  # noqa: E402
 
 # What a point logs: the evaluation's numbers and, at an epoch's end, the epoch's (epoch_end is a flag).
 METRICS = tuple(dict.fromkeys(c for c in (*EVAL_COLUMNS, *EPOCH_COLUMNS, "time_total_s") if c != "epoch_end"))
@@ -97,7 +97,7 @@ class StudyMLflowCallback(MLflowLoggerCallback):
     def log_trial_start(self, trial):
         # The callback tags every run with ``self.tags``: for this trial's run they name its seed and id too.
         shared = self.tags
-        self.tags = {**shared, "seed": str(trial.config.get("seed", 0)), "trial_id": trial.trial_id}
+        self.tags = {**shared, "seed": str(trial_config(trial.config).seed), "trial_id": trial.trial_id}
         try:
             super().log_trial_start(trial)
         finally:

@@ -25,7 +25,9 @@ from dataclasses import dataclass
 
 from ray.tune import Callback
 
-REPORT_INTERVAL_S = 30.0   # the CLIReporter's max_report_frequency (study._tuner)
+from ..config import trial_config
+
+REPORT_INTERVAL_S = 30.0   # the CLIReporter's max_report_frequency (runner._tuner)
 INTERVAL_ENV = "TUNE_STUDY_PROGRESS_S"   # seconds between lines, to see them in a short run
 FINISHED = ("TERMINATED", "ERROR")
 
@@ -55,14 +57,14 @@ class Progress:
     time_left_s: float | None
 
 
-def trial_state(trial, epochs_default: int, now: float) -> TrialState:
-    """A ray.tune Trial's state at ``now`` (time.time()); a trial whose config names no epochs runs
-    ``epochs_default``."""
+def trial_state(trial, now: float) -> TrialState:
+    """A ray.tune Trial's state at ``now`` (time.time()); its planned epochs are its config's
+    (``trial_config``: the study's, or training's default)."""
     r = trial.last_result or {}
     n_train = r.get("n_train")
     stamp = r.get("timestamp")   # Tune's: when the result was reported (Unix seconds)
     return TrialState(status=trial.status, epochs_done=int(r.get("epoch") or 0),
-                      epochs_planned=int(trial.config.get("epochs", epochs_default)),
+                      epochs_planned=trial_config(trial.config).epochs,
                       samples_seen=float(r.get("samples_seen") or 0.0), seconds=float(r.get("time_total_s") or 0.0),
                       n_train=int(n_train) if n_train else None,
                       since_result_s=max(now - stamp, 0.0) if stamp else 0.0)
@@ -124,7 +126,8 @@ def interval_s() -> float:
 
 
 class StudyProgress(Callback):
-    """Prints ``progress_line`` every ``interval`` seconds of a Tune run and once when it ends."""
+    """Prints ``progress_line`` every ``interval`` seconds of a Tune run and once when it ends;
+    ``epochs_default`` is what a trial not created yet counts (a search's: the study's most epochs)."""
 
     def __init__(self, epochs_default: int, interval: float | None = None):
         self.epochs_default = epochs_default
@@ -138,7 +141,7 @@ class StudyProgress(Callback):
 
     def _print(self, trials) -> None:
         now = time.time()
-        states = [trial_state(t, self.epochs_default, now) for t in trials]
+        states = [trial_state(t, now) for t in trials]
         p = estimate(states, max(self.total, len(states)), self.epochs_default, self.slots)
         print(progress_line(p, time.monotonic() - self.started), flush=True)
 

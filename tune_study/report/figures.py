@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..config import TRAIN_DEFAULTS
 from .analysis import ok
 
 CURVES = [("train_loss", "train loss (cross-entropy)"), ("val_loss", "val loss (cross-entropy)"),
@@ -270,7 +271,7 @@ def fig_noise_scale(history, trials, path: Path, colors):
         for t in p.sort_values(["batch_size", "trial_id"]).itertuples():
             d = history[history["trial_id"] == t.trial_id].sort_values("samples_seen")
             y = pd.to_numeric(d["gns_b_simple"], errors="coerce").where(lambda v: v > 0)  # NaN: a gap in the line
-            ls = "-." if scaled and str(getattr(t, "lr_scaling", "none")) != "none" else "-"
+            ls = "-." if scaled and str(getattr(t, "lr_scaling", TRAIN_DEFAULTS["lr_scaling"])) != "none" else "-"
             color = colors.get(int(t.batch_size), "grey") if ok(t.batch_size) else "grey"
             ax.plot(d["samples_seen"], y, ls, color=color, marker="o", ms=3, lw=1.4)
             # measured but undefined (|G|² or tr(Σ) summed to <= 0): a cross on the bottom edge, not a value

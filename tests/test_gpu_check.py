@@ -186,6 +186,7 @@ def _fresh_driver(code: str):
     return r
 
 
+@pytest.mark.slow   # starts a Ray instance (in a fresh driver): the full suite's, not the fast tier's
 def test_missing_dashboard_extra_is_a_warning_not_a_crash():
     """The GPU host has ray but not ray[default]'s packages: Ray must come up without the dashboard.
     (Simulated in a fresh driver by making aiohttp_cors unimportable there.)"""
@@ -200,6 +201,7 @@ def test_missing_dashboard_extra_is_a_warning_not_a_crash():
     assert "Cannot include dashboard" not in r.stdout + r.stderr   # never tried, never half-started
 
 
+@pytest.mark.slow   # tokenizes the GPU grid's 6,000 reviews: the full suite's, not the fast tier's
 def test_prepare_fills_the_carry_folder(tmp_path):
     wheels = tmp_path / "wheels"
     wheels.mkdir()
@@ -214,6 +216,7 @@ def test_prepare_fills_the_carry_folder(tmp_path):
     assert len(data["train"]["labels"]) == 4800 and data["train"]["input_ids"].shape[1] == 128
 
 
+@pytest.mark.slow   # starts a Ray instance (in a fresh driver): the full suite's, not the fast tier's
 def test_local_ray_gets_the_gpus_torch_sees():
     """Ray's own GPU count (NVML) can come back 0 silently; the local instance takes torch's count.
     (Simulated in a fresh driver whose torch claims two GPUs.)"""

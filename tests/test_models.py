@@ -229,6 +229,7 @@ print(tried, os.environ.get("HF_HUB_OFFLINE"))
 """
 
 
+@pytest.mark.slow   # a fresh interpreter importing transformers: the full suite's, not the fast tier's
 def test_the_bundled_model_loads_without_network_and_sets_nothing():
     """minilm is a local directory: loading it opens no connection, so nothing sets HF_HUB_OFFLINE
     (set in a worker process, it would make the next trial's hub model cache-only)."""

@@ -20,7 +20,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Pytest workers (the README's -n 2) share the cores: one torch thread per core each, not torch's
 # default of every core in every worker, whose OpenMP threads then spin-wait on one another. Set
 # before torch is imported here or in a test's subprocess (drivers, benchmarks inherit it). The fast
-# tier took 2 min 31 s with torch's default and 1 min 47 s so, on the 2-core Xeon.
+# tier in two workers took 2 min 19 s and 1 min 46 s with torch's default, 1 min 37 s and 1 min 39 s
+# so, on the 2-core Xeon.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))

@@ -84,24 +84,26 @@ def test_best_model_of_every_trial(two_runs):
 
 
 def test_paused_trial_restarts_from_its_checkpoint_unchanged(ray_cluster, tmp_path):
-    """Force a pause: trial 1 (micro-batch 8) reaches epoch 1 long before trial 0 (micro-batch 1,
-    8x the passes), so it waits there for trial 0 and is restarted from its checkpoint
-    (reduction_factor 1.5: 2 of 2 go on). Its history equals the same trial's without early
-    stopping (no pause): every epoch once, the same numbers, and its best model is in place."""
+    """Force a pause: trial 1 (micro-batch 8) reaches the rung at epoch 3 long before trial 0
+    (micro-batch 1, 8x the passes), so it waits there for trial 0 and is restarted from its
+    checkpoint (reduction_factor 1.5: 2 of 2 go on). Its history equals the same trial's without
+    early stopping (no pause): every epoch once, the same numbers, and its best model is in place.
+    (The rung is at epoch 3, not 1: a trial's first epoch also holds its start, whose time varied
+    by 3.4 s under load, more than one epoch's lead; three epochs of the 8x passes make the pause sure.)"""
     doc = yaml.safe_load(SMOKE.read_text())
     doc["axes"] = {"model": ["tiny-bert"], "micro_batch_size": [1, 8]}
-    doc["fixed"] = {k: v for k, v in doc["fixed"].items() if k != "micro_batch_size"} | {"batch_size": 8}
+    doc["fixed"] = {k: v for k, v in doc["fixed"].items() if k != "micro_batch_size"} | {"batch_size": 8, "epochs": 4}
     dirs = {}
-    for name, es in (("paused", {"grace_period": 1, "reduction_factor": 1.5}), ("nostop", "off")):
+    for name, es in (("paused", {"grace_period": 3, "reduction_factor": 1.5}), ("nostop", "off")):
         space = tmp_path / f"{name}.yaml"
         space.write_text(yaml.safe_dump({**doc, "name": name, "early_stopping": es}))
         dirs[name] = run_smoke(tmp_path / name, space)
     hist = {k: pd.read_parquet(d / "history.parquet").sort_values(["micro_batch_size", "epoch"]) for k, d in dirs.items()}
     fast = hist["paused"][hist["paused"].micro_batch_size == 8]
-    assert list(fast.epoch) == [1, 2] and list(fast.resumed_from_epoch) == [0, 1]   # paused, restarted
+    assert list(fast.epoch) == [1, 2, 3, 4] and list(fast.resumed_from_epoch) == [0, 0, 0, 3]   # paused, restarted
     assert (hist["nostop"].resumed_from_epoch == 0).all()
     keep = [c for c in hist["paused"] if c not in TIMING]
     pd.testing.assert_frame_equal(hist["paused"][keep].reset_index(drop=True),
                                   hist["nostop"][keep].reset_index(drop=True), check_exact=True)
     for t in pd.read_parquet(dirs["paused"] / "trials.parquet").itertuples():
-        assert t.epochs_run == 2 and best_model_epoch(t.best_model_path) == t.best_epoch
+        assert t.epochs_run == 4 and best_model_epoch(t.best_model_path) == t.best_epoch

@@ -106,7 +106,7 @@ def _start_study(results: Path, ray_tmp: str) -> subprocess.Popen:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": ray_tmp}
     env.pop(CRASH_FLAG, None)
     return subprocess.Popen([sys.executable, "-m", "tune_study.grid", "--space", str(SMOKE),
-                             "--results-dir", str(results), "--no-report"],
+                             "--results-dir", str(results), "--no-report", "--no-dashboard"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
 

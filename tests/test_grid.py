@@ -143,8 +143,17 @@ def test_help_lists_every_flag(capsys):
     with pytest.raises(SystemExit):
         grid.main(["--help"])
     out = capsys.readouterr().out
-    for flag in ("--space", "--results-dir", "--resume", "--address", "--dashboard-host", "--keep-alive"):
+    for flag in ("--space", "--results-dir", "--resume", "--address", "--dashboard-host", "--keep-alive",
+                 "--no-dashboard"):
         assert flag in out
+
+
+def test_keep_alive_needs_the_dashboard(capsys):
+    """--keep-alive keeps the driver up for its dashboard: with --no-dashboard it is a usage error."""
+    with pytest.raises(SystemExit) as e:
+        grid.main(["--keep-alive", "--no-dashboard"])
+    assert e.value.code == 2
+    assert "--no-dashboard: not allowed with argument --keep-alive" in capsys.readouterr().err
 
 
 def test_default_study_measures_every_adjacent_batch_comparison():

@@ -183,7 +183,7 @@ def test_help_lists_every_flag(capsys):
     out = capsys.readouterr().out
     assert "python -m tune_study.search" in out and "OptunaSearch" in out
     for flag in ("--space", "--from-grid", "--results-dir", "--resume", "--address", "--dashboard-host",
-                 "--dashboard-port", "--num-cpus", "--keep-alive", "--no-report"):
+                 "--dashboard-port", "--num-cpus", "--keep-alive", "--no-dashboard", "--no-report"):
         assert flag in out
     assert "followup.yaml" in out
 
@@ -286,7 +286,7 @@ def test_resume_after_kill(ray_cluster, tmp_path, capsys):
     log = open(tmp_path / "first_run.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "tune_study.search", "--space", str(space), "--results-dir", str(res),
-         "--num-cpus", "2", "--no-report"],
+         "--num-cpus", "2", "--no-report", "--no-dashboard"],
         cwd=ROOT, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": "local"},
         stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from driver_procs import kill_tree, ray_procs
+from driver_procs import dashboard_procs, free_port, kill_tree, ray_procs
 
 from tune_study import grid
 
@@ -47,10 +47,17 @@ def _wait_for(cond, proc, what: str, timeout: float = 420) -> None:
         time.sleep(0.1)
 
 
+def _keep_alive_args(space: Path, tmp: Path) -> list[str]:
+    """A --keep-alive driver with its dashboard on a port of its own."""
+    return ["--space", str(space), "--results-dir", str(tmp / "res"), "--keep-alive",
+            "--dashboard-port", str(free_port())]
+
+
 def _stop_keep_alive(proc, log: Path, ray_tmp: str, sig) -> None:
-    """The driver waits in --keep-alive; one signal must end it cleanly within seconds."""
+    """The driver waits in --keep-alive, its dashboard up; one signal must end it cleanly within seconds."""
     try:
         _wait_for(lambda: "keeping the driver alive" in log.read_text(), proc, "the keep-alive wait")
+        assert dashboard_procs(ray_tmp), "--keep-alive without a dashboard"
         time.sleep(1)
         os.kill(proc.pid, sig)
         try:
@@ -86,8 +93,7 @@ def _check_repeats(trials: pd.DataFrame) -> None:
 
 def test_repeat_stage_and_ctrl_c_ends_keep_alive(tmp_path):
     ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: Ray's socket paths have a length limit
-    proc, log = _start(tmp_path, ["--space", str(_smoke_file(tmp_path, repeat=REPEAT)), "--results-dir",
-                                  str(tmp_path / "res"), "--keep-alive"], ray_tmp)
+    proc, log = _start(tmp_path, _keep_alive_args(_smoke_file(tmp_path, repeat=REPEAT), tmp_path), ray_tmp)
     _stop_keep_alive(proc, log, ray_tmp, signal.SIGINT)
     study_dir = tmp_path / "res" / "smoke"
     assert (study_dir / "repeat").is_dir() and (study_dir / "tune").is_dir()
@@ -102,8 +108,7 @@ def test_sigterm_ends_keep_alive_and_remote_storage_holds_best_models(tmp_path):
     store = tmp_path / "store"
     space = _smoke_file(tmp_path, storage_path=f"file://{store}")
     ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")
-    proc, log = _start(tmp_path, ["--space", str(space), "--results-dir", str(tmp_path / "res"), "--keep-alive"],
-                       ray_tmp)
+    proc, log = _start(tmp_path, _keep_alive_args(space, tmp_path), ray_tmp)
     _stop_keep_alive(proc, log, ray_tmp, signal.SIGTERM)
     trials = pd.read_csv(tmp_path / "res" / "smoke" / "trials.csv")
     assert len(trials) == 4 and (trials.status == "TERMINATED").all()
@@ -120,10 +125,12 @@ def test_resume_finishes_a_killed_repeat_stage(tmp_path):
     results = tmp_path / "res"
     study_dir = results / "smoke"
     space = _smoke_file(tmp_path, repeat=REPEAT)
-    proc, _ = _start(tmp_path, ["--space", str(space), "--results-dir", str(results)], ray_tmp)
+    proc, log = _start(tmp_path, ["--space", str(space), "--results-dir", str(results), "--no-dashboard"], ray_tmp)
     try:
         _wait_for(lambda: any((study_dir / "repeat").glob("tiny-bert_*/checkpoint_*")), proc,
                   "a repeat trial's first checkpoint")
+        assert ray_procs(ray_tmp) and not dashboard_procs(ray_tmp), "a --no-dashboard driver's Ray runs a dashboard"
+        assert "Ray dashboard: not running" in log.read_text()
     finally:
         kill_tree(proc, ray_tmp)
     assert not ray_procs(ray_tmp), "orphan Ray processes left behind"
@@ -133,7 +140,7 @@ def test_resume_finishes_a_killed_repeat_stage(tmp_path):
     before = pd.read_parquet(study_dir / "trials.parquet")  # the first stage's export
     assert set(before.stage) == {"grid"} and (before.status == "TERMINATED").all()
 
-    rc = grid.main(["--space", str(space), "--results-dir", str(results), "--resume", "--no-report"])
+    rc = grid.main(["--space", str(space), "--results-dir", str(results), "--resume", "--no-report", "--no-dashboard"])
     assert rc == 0
     trials = pd.read_parquet(study_dir / "trials.parquet")
     _check_repeats(trials)

@@ -87,7 +87,10 @@ def plan(smoke: bool, out: Path, work: Path) -> list[tuple[str, list[str], int]]
     sizes = ["16", "64"] if smoke else ["16", "256", "1024"]
     packed = _study_variant(REPO / "search_spaces" / "gpu_short.yaml", work / "gpu_short.yaml", smoke, True)
     unpacked = _study_variant(REPO / "search_spaces" / "gpu_short.yaml", work / "gpu_short_unpacked.yaml", smoke, False)
-    grid = ["-m", "tune_study.grid", "--results-dir", str(work / "grid"), "--no-report"]
+    # on a CPU the dashboard stage checks the dashboard once; the smoke grids run headless (a second
+    # dashboard costs seconds of CPU, and one racing another for port 8265 waits about a minute)
+    grid = ["-m", "tune_study.grid", "--results-dir", str(work / "grid"), "--no-report",
+            *(["--no-dashboard"] if smoke else [])]
     return [
         ("env", _py(str(SCRIPT), "--stage", "env", "--out", str(out / "env")), 60),
         ("dashboard", _py(str(SCRIPT), "--stage", "dashboard", "--out", str(out / "dashboard")), 90),

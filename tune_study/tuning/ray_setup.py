@@ -36,8 +36,10 @@ def dashboard_unavailable() -> str | None:
     return None
 
 
-def init_ray(address: str | None, dashboard_host: str, dashboard_port: int, num_cpus: int | None):
-    """Start or join Ray with the dashboard; a missing dashboard is a warning, not a crash."""
+def init_ray(address: str | None, dashboard_host: str, dashboard_port: int, num_cpus: int | None,
+             dashboard: bool = True):
+    """Start or join Ray with the dashboard (``dashboard=False``: a headless local instance, for batch
+    jobs and CI, which saves the dashboard's processes); a missing dashboard is a warning, not a crash."""
     import ray
 
     if ray.is_initialized():  # a caller (a notebook, a test) already runs Ray: use it, leave it up
@@ -57,6 +59,8 @@ def init_ray(address: str | None, dashboard_host: str, dashboard_port: int, num_
         # Ray counts GPUs through NVML and says 0, without an error, when that fails: the grid would
         # then run every trial at once, uncapped, on the GPU torch sees. Tell Ray what torch sees.
         kw["num_gpus"] = torch.cuda.device_count()
+    if not dashboard:
+        return ray.init(include_dashboard=False, **kw)
     missing = dashboard_unavailable()
     if missing:
         # Checked before ray.init: a start that fails on the dashboard leaves its half-started

@@ -40,6 +40,7 @@ class StudyOptions:
     address: str | None = None
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 8265
+    no_dashboard: bool = False
     num_cpus: int | None = None
     keep_alive: bool = False
     no_report: bool = False
@@ -66,8 +67,11 @@ def study_parser(prog: str, default_space: str, description: str) -> argparse.Ar
     p.add_argument("--dashboard-port", type=int, default=8265, help="local dashboard port (default 8265)")
     p.add_argument("--num-cpus", type=int, default=None,
                    help="CPUs the local Ray instance may use (default: all)")
-    p.add_argument("--keep-alive", action="store_true",
-                   help="after the study, keep the driver (and the dashboard) up until Ctrl-C")
+    headless = p.add_mutually_exclusive_group()   # keeping the driver up is for its dashboard
+    headless.add_argument("--keep-alive", action="store_true",
+                          help="after the study, keep the driver (and the dashboard) up until Ctrl-C")
+    headless.add_argument("--no-dashboard", action="store_true",
+                          help="start the local Ray instance without its dashboard (headless batch jobs, CI)")
     p.add_argument("--no-report", action="store_true", help="skip building report.md and the figures")
     return p
 
@@ -199,7 +203,8 @@ def run_study(study: Study, options, param_space: dict, search_alg=None, num_sam
     # Tune's classic CLIReporter (our columns); the newer console output ignores a passed reporter.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     owned = not ray.is_initialized()
-    ctx = init_ray(options.address, options.dashboard_host, options.dashboard_port, options.num_cpus)
+    ctx = init_ray(options.address, options.dashboard_host, options.dashboard_port, options.num_cpus,
+                   dashboard=not options.no_dashboard)
     try:
         print_dashboard(ctx)
         n_trials = study.grid_size() * num_samples if kind == "grid" else num_samples

@@ -176,6 +176,19 @@ def test_exposed_dashboard_warns():
     assert "CVE-2023-48022" in w and "0.0.0.0" in w
 
 
+@pytest.mark.parametrize("dashboard, warned", [(True, True), (False, False)])
+def test_exposed_dashboard_warning_only_when_one_starts(monkeypatch, caplog, dashboard, warned):
+    """--dashboard-host 0.0.0.0 warns of an exposed dashboard; with --no-dashboard none starts."""
+    import ray
+
+    started = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: started.append(kw))
+    ray_setup.init_ray(None, "0.0.0.0", 8265, 1, dashboard=dashboard)
+    assert started[-1]["include_dashboard"] is dashboard
+    assert ("CVE-2023-48022" in caplog.text) is warned
+
+
 def test_no_unsafe_torch_load_in_package():
     for f in (ROOT / "tune_study").glob("*.py"):
         for line in f.read_text().splitlines():

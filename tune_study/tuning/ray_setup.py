@@ -48,7 +48,7 @@ def init_ray(address: str | None, dashboard_host: str, dashboard_port: int, num_
         log.warning("RAY_AUTH_MODE=disabled: the dashboard and jobs API accept anyone who can reach them.")
     if address:
         return ray.init(address=address)
-    warning = dashboard_warning(dashboard_host)
+    warning = dashboard_warning(dashboard_host) if dashboard else None   # no dashboard, nothing exposed
     if warning:
         log.warning(warning)
     kw = {"num_cpus": num_cpus, "dashboard_host": dashboard_host, "dashboard_port": dashboard_port}

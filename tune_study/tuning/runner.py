@@ -71,7 +71,8 @@ def study_parser(prog: str, default_space: str, description: str) -> argparse.Ar
     headless.add_argument("--keep-alive", action="store_true",
                           help="after the study, keep the driver (and the dashboard) up until Ctrl-C")
     headless.add_argument("--no-dashboard", action="store_true",
-                          help="start the local Ray instance without its dashboard (headless batch jobs, CI)")
+                          help="start the local Ray instance without its dashboard (headless batch jobs, CI; "
+                               "a cluster joined with --address keeps its own)")
     p.add_argument("--no-report", action="store_true", help="skip building report.md and the figures")
     return p
 
